@@ -1,0 +1,164 @@
+//! Nix signing keys (`name:base64`), ed25519 signatures over narinfo fingerprints.
+
+use super::hash::BASE64;
+use super::FormatError;
+use base64::Engine as _;
+use ed25519_dalek::{Signer as _, SECRET_KEY_LENGTH, SIGNATURE_LENGTH};
+use zeroize::{Zeroize as _, Zeroizing};
+
+const PUBLIC_KEY_LENGTH: usize = ed25519_dalek::PUBLIC_KEY_LENGTH;
+
+/// Splits `name:base64` at the first `:`, as Nix does; the name must be non-empty.
+fn split_key(s: &str) -> Option<(&str, &str)> {
+    let (name, data) = s.split_once(':')?;
+    (!name.is_empty()).then_some((name, data))
+}
+
+/// Secret key: 64 bytes (seed ‖ public) as Nix stores them. `Debug` is
+/// redacted and the bytes are zeroized on drop.
+pub struct SecretKey {
+    name: String,
+    key: ed25519_dalek::SigningKey, // zeroizes on drop (dalek `zeroize` feature)
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct PublicKey {
+    name: String,
+    key: ed25519_dalek::VerifyingKey,
+}
+
+impl SecretKey {
+    /// Parses the content of a Nix secret key file (`name:base64(64 bytes)`);
+    /// surrounding whitespace is ignored. The error never contains key bytes.
+    pub fn parse(s: &str) -> Result<Self, FormatError> {
+        let (name, data) = split_key(s.trim())
+            .ok_or_else(|| FormatError::Key("secret key is not of the form name:base64".into()))?;
+        let bytes = Zeroizing::new(BASE64.decode(data).map_err(|_| {
+            FormatError::Key(format!("secret key {name:?} is not valid base64"))
+        })?);
+        if bytes.len() != SECRET_KEY_LENGTH + PUBLIC_KEY_LENGTH {
+            return Err(FormatError::Key(format!(
+                "secret key {name:?} has {} bytes, expected 64 (seed and public key)",
+                bytes.len()
+            )));
+        }
+        let mut seed = Zeroizing::new([0u8; SECRET_KEY_LENGTH]);
+        seed.copy_from_slice(&bytes[..SECRET_KEY_LENGTH]);
+        let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+        if key.verifying_key().as_bytes()[..] != bytes[SECRET_KEY_LENGTH..] {
+            return Err(FormatError::Key(format!(
+                "secret key {name:?} is corrupt: its public half does not match its seed"
+            )));
+        }
+        Ok(SecretKey {
+            name: name.to_owned(),
+            key,
+        })
+    }
+    /// A new random key pair, as `nix-store --generate-binary-cache-key` makes.
+    /// The name must be non-empty, without `:` or whitespace.
+    pub fn generate(name: &str) -> Result<Self, FormatError> {
+        check_name(name)?;
+        let key = ed25519_dalek::SigningKey::generate(&mut rand_core::OsRng);
+        Ok(SecretKey {
+            name: name.to_owned(),
+            key,
+        })
+    }
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn public_key(&self) -> PublicKey {
+        PublicKey {
+            name: self.name.clone(),
+            key: self.key.verifying_key(),
+        }
+    }
+    /// `name:base64(signature)` over `fingerprint`.
+    pub fn sign(&self, fingerprint: &str) -> String {
+        let sig = self.key.sign(fingerprint.as_bytes());
+        format!("{}:{}", self.name, BASE64.encode(sig.to_bytes()))
+    }
+    /// The key file content `name:base64(seed ‖ public)`. Callers must not log it.
+    pub fn to_file_string(&self) -> zeroize::Zeroizing<String> {
+        let mut bytes = self.key.to_keypair_bytes();
+        let mut out = Zeroizing::new(String::with_capacity(self.name.len() + 1 + 88));
+        out.push_str(&self.name);
+        out.push(':');
+        BASE64.encode_string(bytes, &mut out);
+        bytes.zeroize();
+        out
+    }
+}
+
+fn check_name(name: &str) -> Result<(), FormatError> {
+    if name.is_empty() || name.contains(':') || name.chars().any(char::is_whitespace) {
+        return Err(FormatError::Key(format!(
+            "key name {name:?} must be non-empty, without ':' or whitespace"
+        )));
+    }
+    Ok(())
+}
+
+impl std::fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretKey {{ name: {:?}, key: <redacted> }}", self.name)
+    }
+}
+
+impl PublicKey {
+    /// Parses `name:base64(32 bytes)`.
+    /// Surrounding whitespace is ignored.
+    pub fn parse(s: &str) -> Result<Self, FormatError> {
+        let s = s.trim();
+        let bad = |why: &str| FormatError::Key(format!("public key {s:?}: {why}"));
+        let (name, data) = split_key(s).ok_or_else(|| bad("not of the form name:base64"))?;
+        let bytes = BASE64.decode(data).map_err(|_| bad("invalid base64"))?;
+        let bytes: [u8; PUBLIC_KEY_LENGTH] = bytes
+            .try_into()
+            .map_err(|_| bad("expected 32 bytes"))?;
+        let key = ed25519_dalek::VerifyingKey::from_bytes(&bytes)
+            .map_err(|_| bad("not a valid ed25519 point"))?;
+        Ok(PublicKey {
+            name: name.to_owned(),
+            key,
+        })
+    }
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// True when `sig` (`name:base64`) is by this key's name and verifies.
+    pub fn verify(&self, fingerprint: &str, sig: &str) -> bool {
+        let Some((name, data)) = split_key(sig) else {
+            return false;
+        };
+        if name != self.name {
+            return false;
+        }
+        let Ok(bytes) = BASE64.decode(data) else {
+            return false;
+        };
+        let Ok(bytes) = <[u8; SIGNATURE_LENGTH]>::try_from(bytes) else {
+            return false;
+        };
+        let sig = ed25519_dalek::Signature::from_bytes(&bytes);
+        self.key.verify_strict(fingerprint.as_bytes(), &sig).is_ok()
+    }
+    /// The raw 32 public key bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        self.key.as_bytes()
+    }
+}
+
+/// `name:base64(32 bytes)`.
+impl std::fmt::Display for PublicKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.name, BASE64.encode(self.key.as_bytes()))
+    }
+}
+
+impl std::fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PublicKey({self})")
+    }
+}

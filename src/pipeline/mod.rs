@@ -1,0 +1,7 @@
+//! The steps of a job, one module each, in data-flow order.
+
+pub mod pack;
+pub mod plan;
+pub mod push;
+pub mod summary;
+pub mod upload;

@@ -1,0 +1,218 @@
+//! The push plan: from candidate paths (a closure, or a store diff) to the
+//! set to upload, with a count and a reason for everything left out — in
+//! the spirit of attic's `PushPlan`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use regex::Regex;
+use serde::Serialize;
+
+use crate::cache::BinaryCache;
+use crate::error::Result;
+use crate::nix::StorePath;
+use crate::store::{PathInfo, Store};
+
+/// Why a candidate is not uploaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Skip {
+    /// A `.drv` file (kept only with `--include-drv`).
+    Derivation,
+    /// Matched an `--exclude` pattern.
+    Excluded,
+    /// The repository's own source copied into the store.
+    SelfSource,
+    /// Signed by an upstream key: the upstream cache has it.
+    UpstreamSigned,
+    /// The upstream cache serves its narinfo.
+    Upstream,
+    /// Its narinfo is already on the target.
+    OnTarget,
+}
+
+impl Skip {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Skip::Derivation => "derivations (.drv)",
+            Skip::Excluded => "excluded by pattern",
+            Skip::SelfSource => "repository source",
+            Skip::UpstreamSigned => "signed by an upstream key",
+            Skip::Upstream => "available upstream",
+            Skip::OnTarget => "already on the target",
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct PlanOptions {
+    pub include_drv: bool,
+    pub excludes: Vec<Regex>,
+    /// Store paths holding the repository's own source.
+    pub self_sources: HashSet<StorePath>,
+    /// Key names whose signature means "upstream has it" (`cache.nixos.org-1`).
+    pub upstream_keys: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct PushPlan {
+    /// Candidates before filtering.
+    pub considered: usize,
+    pub skipped: BTreeMap<Skip, Vec<StorePath>>,
+    /// Left out by a filter but referenced by an uploaded path that needs
+    /// it: uploaded anyway so the cache stays consistent.
+    pub pulled_in: Vec<StorePath>,
+    /// What to upload, with the infos the narinfos need.
+    pub upload: Vec<PathInfo>,
+    /// Paths the uploads may reference without uploading them (on the
+    /// target or upstream).
+    pub present: HashSet<StorePath>,
+}
+
+impl PushPlan {
+    pub fn skipped_count(&self, why: Skip) -> usize {
+        self.skipped.get(&why).map_or(0, Vec::len)
+    }
+    pub fn upload_nar_bytes(&self) -> u64 {
+        self.upload.iter().map(|i| i.nar_size).sum()
+    }
+}
+
+/// The first filter that drops `info`, before asking any cache.
+fn local_filter(info: &PathInfo, opts: &PlanOptions, store_dir: &str) -> Option<Skip> {
+    let abs = info.path.to_absolute(store_dir);
+    if info.path.is_derivation() && !opts.include_drv {
+        Some(Skip::Derivation)
+    } else if opts.excludes.iter().any(|re| re.is_match(&abs)) {
+        Some(Skip::Excluded)
+    } else if opts.self_sources.contains(&info.path) {
+        Some(Skip::SelfSource)
+    } else if info.sigs.iter().any(|s| opts.upstream_keys.iter().any(|k| sig_by(s, k))) {
+        Some(Skip::UpstreamSigned)
+    } else {
+        None
+    }
+}
+
+fn sig_by(sig: &str, key_name: &str) -> bool {
+    sig.split_once(':').is_some_and(|(name, _)| name == key_name)
+}
+
+/// Builds the plan: filters, then asks the target (and optionally an
+/// upstream) which narinfos exist, then pulls in missing references.
+pub fn plan(
+    store: &Store,
+    candidates: Vec<PathInfo>,
+    opts: &PlanOptions,
+    target: &dyn BinaryCache,
+    upstream: Option<&dyn BinaryCache>,
+) -> Result<PushPlan> {
+    let mut plan = PushPlan { considered: candidates.len(), ..Default::default() };
+    let mut kept = Vec::new();
+    let mut dropped: HashMap<StorePath, PathInfo> = HashMap::new();
+    for info in candidates {
+        match local_filter(&info, opts, store.store_dir()) {
+            Some(why) => {
+                if why == Skip::UpstreamSigned {
+                    plan.present.insert(info.path.clone());
+                }
+                plan.skipped.entry(why).or_default().push(info.path.clone());
+                dropped.insert(info.path.clone(), info);
+            }
+            None => kept.push(info),
+        }
+    }
+    let mut kept = remove_present(&mut plan, kept, target, Skip::OnTarget)?;
+    if let Some(up) = upstream {
+        kept = remove_present(&mut plan, kept, up, Skip::Upstream)?;
+    }
+    pull_in_references(&mut plan, kept, dropped, store, target, upstream)?;
+    Ok(plan)
+}
+
+/// Drops the paths whose narinfo `cache` has, recording them as present.
+fn remove_present(
+    plan: &mut PushPlan,
+    infos: Vec<PathInfo>,
+    cache: &dyn BinaryCache,
+    why: Skip,
+) -> Result<Vec<PathInfo>> {
+    let paths: Vec<StorePath> = infos.iter().map(|i| i.path.clone()).collect();
+    let has = cache.has_narinfos(&paths)?;
+    let mut keep = Vec::new();
+    for (info, has) in infos.into_iter().zip(has) {
+        if has {
+            plan.present.insert(info.path.clone());
+            plan.skipped.entry(why).or_default().push(info.path);
+        } else {
+            keep.push(info);
+        }
+    }
+    Ok(keep)
+}
+
+/// Adds every reference of an uploaded path that is neither uploaded nor
+/// present, transitively, so no narinfo points at a missing path.
+fn pull_in_references(
+    plan: &mut PushPlan,
+    kept: Vec<PathInfo>,
+    mut dropped: HashMap<StorePath, PathInfo>,
+    store: &Store,
+    target: &dyn BinaryCache,
+    upstream: Option<&dyn BinaryCache>,
+) -> Result<()> {
+    let mut upload: HashSet<StorePath> = kept.iter().map(|i| i.path.clone()).collect();
+    let mut queue = kept;
+    while let Some(info) = queue.pop() {
+        let missing: Vec<StorePath> = info
+            .references
+            .iter()
+            .filter(|r| **r != info.path && !upload.contains(*r) && !plan.present.contains(*r))
+            .cloned()
+            .collect();
+        plan.upload.push(info);
+        if missing.is_empty() {
+            continue;
+        }
+        let on_target = target.has_narinfos(&missing)?;
+        let mut need = Vec::new();
+        for (path, has) in missing.into_iter().zip(on_target) {
+            if has {
+                plan.present.insert(path);
+            } else {
+                need.push(path);
+            }
+        }
+        if let (Some(up), false) = (upstream, need.is_empty()) {
+            let has = up.has_narinfos(&need)?;
+            let mut still = Vec::new();
+            for (path, has) in need.into_iter().zip(has) {
+                if has {
+                    plan.present.insert(path);
+                } else {
+                    still.push(path);
+                }
+            }
+            need = still;
+        }
+        for path in need {
+            let info = match dropped.remove(&path) {
+                Some(info) => info,
+                None => store.path_info(&path)?.ok_or_else(|| {
+                    crate::error::Error::Path(format!(
+                        "{}: referenced but not valid in the store",
+                        path.to_absolute(store.store_dir())
+                    ))
+                })?,
+            };
+            upload.insert(path.clone());
+            plan.pulled_in.push(path);
+            queue.push(info);
+        }
+    }
+    // A pulled-in path is uploaded, so it no longer counts as skipped.
+    let pulled: HashSet<&StorePath> = plan.pulled_in.iter().collect();
+    for paths in plan.skipped.values_mut() {
+        paths.retain(|p| !pulled.contains(p));
+    }
+    Ok(())
+}

@@ -1,0 +1,222 @@
+//! Uploads a push plan: NARs in parallel (largest first), each narinfo
+//! written by one coordinator as soon as its NAR is in and every reference
+//! has a narinfo (or is present). A failed path gets no narinfo, and
+//! neither does anything that references it: the cache stays consistent.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use crate::cache::{narinfo_name, BinaryCache};
+use crate::error::{Error, Result};
+use crate::nix::{NarInfo, SecretKey, StorePath};
+use crate::pipeline::pack::{pack, PackOptions, Packed};
+use crate::store::PathInfo;
+
+/// After this many cache errors in a row the target is deemed down and the
+/// push stops early with one message, instead of one per path.
+const MAX_CONSECUTIVE_CACHE_ERRORS: usize = 8;
+
+pub struct UploadOptions {
+    pub jobs: usize,
+    pub pack: PackOptions,
+}
+
+/// What an upload did, for the summary.
+#[derive(Debug, Default)]
+pub struct UploadReport {
+    pub uploaded: Vec<StorePath>,
+    pub nar_bytes: u64,
+    pub file_bytes: u64,
+    /// Paths whose NAR or narinfo failed, with why.
+    pub failed: Vec<(StorePath, Error)>,
+    /// Paths not published because a reference failed.
+    pub blocked: Vec<StorePath>,
+    /// Set when the target kept failing and the push stopped early.
+    pub gave_up: Option<String>,
+    pub seconds: f64,
+}
+
+/// One path to upload: its info and where its files are.
+pub struct Item {
+    pub info: PathInfo,
+    pub real_path: PathBuf,
+}
+
+pub fn upload(
+    items: Vec<Item>,
+    present: &HashSet<StorePath>,
+    cache: &dyn BinaryCache,
+    key: &SecretKey,
+    store_dir: &str,
+    opts: &UploadOptions,
+) -> UploadReport {
+    let start = Instant::now();
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(items[i].info.nar_size));
+    let (work_tx, work_rx) = crossbeam_channel::unbounded();
+    for i in order {
+        work_tx.send(i).expect("receiver alive");
+    }
+    drop(work_tx);
+    let (done_tx, done_rx) = crossbeam_channel::unbounded::<(usize, Result<Packed>)>();
+    let stop = AtomicBool::new(false);
+    let mut publisher = Publisher::new(&items, present, cache, key, store_dir);
+    std::thread::scope(|s| {
+        for _ in 0..opts.jobs.max(1) {
+            let (work_rx, done_tx, stop, items) = (work_rx.clone(), done_tx.clone(), &stop, &items);
+            s.spawn(move || {
+                for i in work_rx {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let item = &items[i];
+                    let r = pack(&item.info, &item.real_path, cache, store_dir, opts.pack);
+                    if done_tx.send((i, r)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(done_tx);
+        for (i, result) in done_rx {
+            publisher.on_packed(i, result);
+            if publisher.report.gave_up.is_some() {
+                stop.store(true, Ordering::Relaxed);
+            }
+        }
+    });
+    publisher.finish(start)
+}
+
+/// The coordinator: publishes narinfos in reference order.
+struct Publisher<'a> {
+    items: &'a [Item],
+    cache: &'a dyn BinaryCache,
+    key: &'a SecretKey,
+    store_dir: &'a str,
+    index: HashMap<&'a StorePath, usize>,
+    /// Paths with a narinfo at the target (present before, or published).
+    published: HashSet<StorePath>,
+    /// NARs done whose narinfo waits for references.
+    waiting: HashMap<usize, Packed>,
+    /// For each item, the waiting items that reference it.
+    dependents: HashMap<usize, Vec<usize>>,
+    consecutive_cache_errors: usize,
+    report: UploadReport,
+}
+
+impl<'a> Publisher<'a> {
+    fn new(
+        items: &'a [Item],
+        present: &HashSet<StorePath>,
+        cache: &'a dyn BinaryCache,
+        key: &'a SecretKey,
+        store_dir: &'a str,
+    ) -> Self {
+        let index = items.iter().enumerate().map(|(i, it)| (&it.info.path, i)).collect();
+        Publisher {
+            items,
+            cache,
+            key,
+            store_dir,
+            index,
+            published: present.clone(),
+            waiting: HashMap::new(),
+            dependents: HashMap::new(),
+            consecutive_cache_errors: 0,
+            report: UploadReport::default(),
+        }
+    }
+
+    fn on_packed(&mut self, i: usize, result: Result<Packed>) {
+        match result {
+            Ok(packed) => {
+                self.consecutive_cache_errors = 0;
+                self.report.nar_bytes += self.items[i].info.nar_size;
+                self.report.file_bytes += packed.file_size;
+                self.waiting.insert(i, packed);
+                self.try_publish(i);
+            }
+            Err(e) => self.fail(i, e),
+        }
+    }
+
+    fn fail(&mut self, i: usize, e: Error) {
+        if matches!(e, Error::Cache { .. }) {
+            self.consecutive_cache_errors += 1;
+            if self.consecutive_cache_errors >= MAX_CONSECUTIVE_CACHE_ERRORS {
+                self.report.gave_up = Some(format!(
+                    "stopped after {} cache errors in a row; last: {e}",
+                    self.consecutive_cache_errors
+                ));
+            }
+        }
+        let path = self.items[i].info.path.clone();
+        tracing::warn!("{}", e);
+        self.report.failed.push((path, e));
+    }
+
+    /// The first reference of item `i` that has no narinfo yet.
+    fn unmet_reference(&self, i: usize) -> Option<&'a StorePath> {
+        let info = &self.items[i].info;
+        info.references.iter().find(|r| **r != info.path && !self.published.contains(*r))
+    }
+
+    /// Publishes `i` if ready, then every waiting dependent that became ready.
+    fn try_publish(&mut self, first: usize) {
+        let mut ready = vec![first];
+        while let Some(i) = ready.pop() {
+            if !self.waiting.contains_key(&i) {
+                continue;
+            }
+            if let Some(r) = self.unmet_reference(i) {
+                if let Some(&j) = self.index.get(r) {
+                    self.dependents.entry(j).or_default().push(i);
+                }
+                continue;
+            }
+            let packed = self.waiting.remove(&i).expect("checked above");
+            match self.write_narinfo(i, packed) {
+                Ok(()) => {
+                    let path = self.items[i].info.path.clone();
+                    self.published.insert(path.clone());
+                    self.report.uploaded.push(path);
+                    ready.extend(self.dependents.remove(&i).unwrap_or_default());
+                }
+                Err(e) => self.fail(i, e),
+            }
+        }
+    }
+
+    fn write_narinfo(&self, i: usize, packed: Packed) -> Result<()> {
+        let info = &self.items[i].info;
+        let mut narinfo = NarInfo {
+            store_path: info.path.clone(),
+            url: packed.url,
+            compression: "zstd".into(),
+            file_hash: Some(packed.file_hash),
+            file_size: Some(packed.file_size),
+            nar_hash: info.nar_hash,
+            nar_size: info.nar_size,
+            references: info.references.clone(),
+            deriver: info.deriver.clone(),
+            sigs: Vec::new(),
+            ca: info.ca.clone(),
+        };
+        let own = format!("{}:", self.key.name());
+        narinfo.sigs = info.sigs.iter().filter(|s| !s.starts_with(&own)).cloned().collect();
+        narinfo.sigs.push(self.key.sign(&narinfo.fingerprint(self.store_dir)));
+        self.cache.put(&narinfo_name(&info.path), narinfo.render(self.store_dir).as_bytes())
+    }
+
+    fn finish(mut self, start: Instant) -> UploadReport {
+        let mut blocked: Vec<StorePath> =
+            self.waiting.keys().map(|&i| self.items[i].info.path.clone()).collect();
+        blocked.sort();
+        self.report.blocked = blocked;
+        self.report.seconds = start.elapsed().as_secs_f64();
+        self.report
+    }
+}

@@ -1,0 +1,211 @@
+//! The only code that touches the Nix store's metadata: the SQLite DB
+//! (read-only) or, where that can't be read, the `nix` CLI.
+//!
+//! A store is addressed like Nix's `--store DIR`: the DB lives under
+//! `DIR/nix/var/nix/db`, the files under `DIR/nix/store`, while store paths
+//! keep their logical directory (`/nix/store`).
+
+mod cli;
+mod db;
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::nix::{Sha256Hash, StorePath, DEFAULT_STORE_DIR};
+
+/// What the store knows about one valid path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PathInfo {
+    pub path: StorePath,
+    /// `ValidPaths.id`; 0 when read through the CLI.
+    pub id: i64,
+    pub nar_hash: Sha256Hash,
+    pub nar_size: u64,
+    /// Sorted; may include the path itself.
+    pub references: Vec<StorePath>,
+    pub deriver: Option<StorePath>,
+    pub sigs: Vec<String>,
+    pub ca: Option<String>,
+}
+
+/// Where the store stands at a moment: the highest `ValidPaths.id` and the
+/// number of valid paths (ids are AUTOINCREMENT, never reused).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Snapshot {
+    pub max_id: i64,
+    pub count: u64,
+}
+
+enum Backend {
+    Db(db::Db),
+    Cli(cli::Cli),
+}
+
+pub struct Store {
+    /// Chroot prefix (`--store DIR`); `None` for the system store.
+    root: Option<PathBuf>,
+    store_dir: String,
+    backend: Backend,
+}
+
+impl Store {
+    /// Opens the store at `root` (or the system store). Reads the DB
+    /// directly; falls back to the `nix` CLI with a warning when the DB
+    /// exists but can't be opened, or when `NIXDELTA_STORE_BACKEND=cli`.
+    pub fn open(root: Option<&Path>) -> Result<Store> {
+        let store_dir = DEFAULT_STORE_DIR.to_string();
+        let prefix = root.map(Path::to_path_buf).unwrap_or_default();
+        let db_path = prefix.join("nix/var/nix/db/db.sqlite");
+        if !db_path.exists() {
+            let hint = if root.is_some() { "" } else { " (is Nix installed?)" };
+            return Err(Error::Store(format!(
+                "no Nix database at {}{hint}",
+                db_path.display()
+            )));
+        }
+        let backend = if std::env::var("NIXDELTA_STORE_BACKEND").as_deref() == Ok("cli") {
+            tracing::warn!("NIXDELTA_STORE_BACKEND=cli: reading the store through the nix CLI");
+            Backend::Cli(cli::Cli::new(root)?)
+        } else {
+            match db::Db::open(&db_path) {
+                Ok(db) => Backend::Db(db),
+                Err(e) => {
+                    tracing::warn!(
+                        "cannot read {} ({e}); falling back to the nix CLI (slower)",
+                        db_path.display()
+                    );
+                    Backend::Cli(cli::Cli::new(root)?)
+                }
+            }
+        };
+        Ok(Store { root: root.map(Path::to_path_buf), store_dir, backend })
+    }
+
+    /// The logical store directory (`/nix/store`).
+    pub fn store_dir(&self) -> &str {
+        &self.store_dir
+    }
+
+    /// True when the DB is read directly (snapshot ids are available).
+    pub fn reads_db(&self) -> bool {
+        matches!(self.backend, Backend::Db(_))
+    }
+
+    /// Where the files of `path` are on this machine.
+    pub fn real_path(&self, path: &StorePath) -> PathBuf {
+        let logical = path.to_absolute(&self.store_dir);
+        match &self.root {
+            Some(root) => root.join(logical.trim_start_matches('/')),
+            None => PathBuf::from(logical),
+        }
+    }
+
+    /// Turns a user argument into a store path: `/nix/store/...` (with or
+    /// without a sub-path), a path inside a chroot store, or a symlink to
+    /// one such as `./result` (followed link by link, since a chroot store's
+    /// links point at logical paths that don't exist on this machine).
+    pub fn parse_path_arg(&self, arg: &str) -> Result<StorePath> {
+        let not_store = || Error::Path(format!("{arg}: not a path in the Nix store {}", self.store_dir));
+        let mut current = PathBuf::from(arg);
+        for _ in 0..40 {
+            let s = current.to_string_lossy().to_string();
+            if let Some(p) = self.logical_of(&s) {
+                return StorePath::from_absolute_prefix(&p, &self.store_dir)
+                    .map_err(|e| Error::Path(format!("{arg}: {e}")));
+            }
+            match std::fs::read_link(&current) {
+                Ok(target) => {
+                    current = match current.parent() {
+                        Some(dir) if target.is_relative() => dir.join(target),
+                        _ => target,
+                    }
+                }
+                Err(_) if current.exists() => {
+                    let canon = current.canonicalize().map_err(|_| not_store())?;
+                    if canon == current {
+                        return Err(not_store());
+                    }
+                    current = canon;
+                }
+                Err(_) => return Err(Error::Path(format!("{arg}: no such file or directory"))),
+            }
+        }
+        Err(not_store())
+    }
+
+    /// `s` as a logical store path string, if it lies in this store.
+    fn logical_of(&self, s: &str) -> Option<String> {
+        let in_dir = |s: &str| s.starts_with(&format!("{}/", self.store_dir));
+        if let Some(root) = &self.root {
+            let root = root.to_string_lossy();
+            if let Some(rest) = s.strip_prefix(root.trim_end_matches('/')) {
+                if in_dir(rest) {
+                    return Some(rest.to_string());
+                }
+            }
+        }
+        in_dir(s).then(|| s.to_string())
+    }
+
+    /// Path info of one path; `None` when it is not valid.
+    pub fn path_info(&self, path: &StorePath) -> Result<Option<PathInfo>> {
+        Ok(self.path_infos(std::slice::from_ref(path))?.pop().flatten())
+    }
+
+    /// Path infos in the order given; `None` for paths that are not valid.
+    pub fn path_infos(&self, paths: &[StorePath]) -> Result<Vec<Option<PathInfo>>> {
+        match &self.backend {
+            Backend::Db(db) => db.path_infos(paths, &self.store_dir),
+            Backend::Cli(cli) => cli.path_infos(paths, &self.store_dir),
+        }
+    }
+
+    /// The closure of `roots` (each root must be valid), every path once.
+    pub fn closure(&self, roots: &[StorePath]) -> Result<Vec<PathInfo>> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        let mut frontier: Vec<StorePath> = roots.to_vec();
+        frontier.retain(|p| seen.insert(p.clone()));
+        while !frontier.is_empty() {
+            let infos = self.path_infos(&frontier)?;
+            let mut next = Vec::new();
+            for (path, info) in frontier.iter().zip(infos) {
+                let info = info.ok_or_else(|| {
+                    Error::Path(format!("{}: not valid in the store", path.to_absolute(&self.store_dir)))
+                })?;
+                for r in &info.references {
+                    if seen.insert(r.clone()) {
+                        next.push(r.clone());
+                    }
+                }
+                out.push(info);
+            }
+            frontier = next;
+        }
+        Ok(out)
+    }
+
+    /// The current snapshot. Needs the DB.
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        match &self.backend {
+            Backend::Db(db) => db.snapshot(),
+            Backend::Cli(_) => Err(Error::Store("snapshot ids need the Nix DB".into())),
+        }
+    }
+
+    /// Paths registered after `snapshot` (id above its max), ordered by id.
+    pub fn paths_since(&self, snapshot: &Snapshot) -> Result<Vec<PathInfo>> {
+        match &self.backend {
+            Backend::Db(db) => db.paths_since(snapshot.max_id, &self.store_dir),
+            Backend::Cli(_) => Err(Error::Store("diff by id needs the Nix DB".into())),
+        }
+    }
+
+    /// Every valid path (used for the whole-store diff fallback).
+    pub fn all_paths(&self) -> Result<Vec<StorePath>> {
+        match &self.backend {
+            Backend::Db(db) => db.all_paths(&self.store_dir),
+            Backend::Cli(cli) => cli.all_paths(&self.store_dir),
+        }
+    }
+}
