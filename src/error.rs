@@ -64,7 +64,10 @@ impl Error {
     }
 
     pub fn cache(url: &str, msg: impl std::fmt::Display) -> Self {
-        Error::Cache { url: url.to_string(), msg: msg.to_string() }
+        Error::Cache {
+            url: url.to_string(),
+            msg: msg.to_string(),
+        }
     }
 }
 

@@ -10,8 +10,8 @@
 //! * [`cache`]: binary-cache targets.
 //! * [`pipeline`]: one module per step.
 
-pub mod nix;
 pub mod cache;
 pub mod error;
+pub mod nix;
 pub mod pipeline;
 pub mod store;

@@ -14,7 +14,11 @@ use nixdelta::pipeline::{push, summary, upload::UploadOptions};
 use nixdelta::store::Store;
 
 #[derive(Parser)]
-#[command(name = "nixdelta", version, about = "Push exactly what a Nix CI job newly realised")]
+#[command(
+    name = "nixdelta",
+    version,
+    about = "Push exactly what a Nix CI job newly realised"
+)]
 struct Cli {
     /// Chroot store root, as Nix's `--store DIR` (default: the system store).
     #[arg(long, global = true, value_name = "DIR", env = "NIXDELTA_STORE")]
@@ -118,7 +122,10 @@ fn keygen(name: &str, out: &Path, force: bool) -> Result<i32> {
     let public = out.join(format!("{name}.pub"));
     for f in [&sec, &public] {
         if f.exists() && !force {
-            return Err(Error::Usage(format!("{} exists (use --force to overwrite)", f.display())));
+            return Err(Error::Usage(format!(
+                "{} exists (use --force to overwrite)",
+                f.display()
+            )));
         }
     }
     let io = |p: &Path, e: std::io::Error| Error::Other(anyhow::anyhow!("{}: {e}", p.display()));
@@ -135,7 +142,11 @@ fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let _ = std::fs::remove_file(path);
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(data)
 }
 
@@ -149,15 +160,22 @@ fn load_secret_key(file: Option<&Path>) -> Result<SecretKey> {
             (f.to_path_buf(), zeroize::Zeroizing::new(text))
         }
         None => match std::env::var("NIXDELTA_SECRET_KEY") {
-            Ok(text) => (PathBuf::from("$NIXDELTA_SECRET_KEY"), zeroize::Zeroizing::new(text)),
+            Ok(text) => (
+                PathBuf::from("$NIXDELTA_SECRET_KEY"),
+                zeroize::Zeroizing::new(text),
+            ),
             Err(_) => {
                 return Err(Error::Usage(
-                    "a signing key is needed: --secret-key-file FILE or $NIXDELTA_SECRET_KEY".into(),
+                    "a signing key is needed: --secret-key-file FILE or $NIXDELTA_SECRET_KEY"
+                        .into(),
                 ))
             }
         },
     };
-    SecretKey::parse(&text).map_err(|e| Error::Key { path: origin, msg: e.to_string() })
+    SecretKey::parse(&text).map_err(|e| Error::Key {
+        path: origin,
+        msg: e.to_string(),
+    })
 }
 
 fn upload_options(args: &PushArgs) -> UploadOptions {
@@ -165,13 +183,19 @@ fn upload_options(args: &PushArgs) -> UploadOptions {
     let jobs = args.jobs.unwrap_or(cores).max(1);
     UploadOptions {
         jobs,
-        pack: PackOptions { level: args.compression_level, threads: cores as u32 },
+        pack: PackOptions {
+            level: args.compression_level,
+            threads: cores as u32,
+        },
     }
 }
 
 fn push_cmd(store: &Store, args: &PushArgs, paths: &[String]) -> Result<i32> {
     let key = load_secret_key(args.secret_key_file.as_deref())?;
-    let roots = paths.iter().map(|p| store.parse_path_arg(p)).collect::<Result<Vec<StorePath>>>()?;
+    let roots = paths
+        .iter()
+        .map(|p| store.parse_path_arg(p))
+        .collect::<Result<Vec<StorePath>>>()?;
     for (arg, root) in paths.iter().zip(&roots) {
         if store.path_info(root)?.is_none() {
             return Err(Error::Path(format!(

@@ -19,8 +19,12 @@ const TMP_PREFIX: &str = ".nixdelta-tmp-";
 impl FileCache {
     /// Creates the directory (and `nar/`) if needed and checks it is writable.
     pub fn open(url: &str, root: &Path) -> Result<FileCache> {
-        let cache = FileCache { url: url.to_string(), root: root.to_path_buf() };
-        fs::create_dir_all(root.join("nar")).map_err(|e| cache.err("cannot create directory", e))?;
+        let cache = FileCache {
+            url: url.to_string(),
+            root: root.to_path_buf(),
+        };
+        fs::create_dir_all(root.join("nar"))
+            .map_err(|e| cache.err("cannot create directory", e))?;
         // Probe: an unwritable target must fail before any work is done.
         tempfile::Builder::new()
             .prefix(TMP_PREFIX)
@@ -49,7 +53,8 @@ impl FileCache {
         if let Some(dir) = dest.parent() {
             fs::create_dir_all(dir).map_err(|e| self.err("cannot create directory", e))?;
         }
-        tmp.persist(&dest).map_err(|e| self.err(&format!("cannot write {rel}"), e.error))?;
+        tmp.persist(&dest)
+            .map_err(|e| self.err(&format!("cannot write {rel}"), e.error))?;
         Ok(())
     }
 }
@@ -73,13 +78,18 @@ impl BinaryCache for FileCache {
 
     fn put(&self, rel: &str, data: &[u8]) -> Result<()> {
         let mut tmp = self.temp_in(&self.root)?;
-        tmp.write_all(data).map_err(|e| self.err(&format!("cannot write {rel}"), e))?;
+        tmp.write_all(data)
+            .map_err(|e| self.err(&format!("cannot write {rel}"), e))?;
         self.persist(tmp, rel)
     }
 
     fn begin_nar(&self) -> Result<Box<dyn NarUpload>> {
         let tmp = self.temp_in(&self.root.join("nar"))?;
-        Ok(Box::new(FileNar { tmp, cache_root: self.root.clone(), url: self.url.clone() }))
+        Ok(Box::new(FileNar {
+            tmp,
+            cache_root: self.root.clone(),
+            url: self.url.clone(),
+        }))
     }
 }
 

@@ -36,7 +36,10 @@ pub trait BinaryCache: Send + Sync {
 
     /// Whether each path's narinfo is present.
     fn has_narinfos(&self, paths: &[StorePath]) -> Result<Vec<bool>> {
-        paths.iter().map(|p| self.exists(&narinfo_name(p))).collect()
+        paths
+            .iter()
+            .map(|p| self.exists(&narinfo_name(p)))
+            .collect()
     }
 
     /// Writes `nix-cache-info` unless present.
@@ -58,11 +61,17 @@ pub trait NarUpload: Write + Send {
 pub fn open(url: &str) -> Result<Box<dyn BinaryCache>> {
     if let Some(path) = url.strip_prefix("file://") {
         if path.is_empty() || !path.starts_with('/') {
-            return Err(Error::cache(url, "a file:// URL needs an absolute path (file:///DIR)"));
+            return Err(Error::cache(
+                url,
+                "a file:// URL needs an absolute path (file:///DIR)",
+            ));
         }
         let path = path.split('?').next().unwrap_or(path);
         return Ok(Box::new(FileCache::open(url, path.as_ref())?));
     }
     let scheme = url.split("://").next().unwrap_or(url);
-    Err(Error::cache(url, format!("unsupported URL scheme {scheme:?} (supported: file://)")))
+    Err(Error::cache(
+        url,
+        format!("unsupported URL scheme {scheme:?} (supported: file://)"),
+    ))
 }

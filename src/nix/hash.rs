@@ -149,13 +149,13 @@ mod tests {
         let b32 = "0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73";
         let hex = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
         for bad in [
-            b32.to_string(),                          // no prefix
-            format!("sha1:{b32}"),                    // wrong type
-            format!("sha256:{}", &b32[1..]),          // short
-            format!("sha256:e{}", &b32[1..]),         // 'e' not nix32
-            format!("sha256:z{}", &b32[1..]),         // overflow bits
-            format!("sha256:{}g", &hex[1..]),         // bad hex digit
-            format!("sha256:{hex}00"),                // too long
+            b32.to_string(),                                                 // no prefix
+            format!("sha1:{b32}"),                                           // wrong type
+            format!("sha256:{}", &b32[1..]),                                 // short
+            format!("sha256:e{}", &b32[1..]),                                // 'e' not nix32
+            format!("sha256:z{}", &b32[1..]),                                // overflow bits
+            format!("sha256:{}g", &hex[1..]),                                // bad hex digit
+            format!("sha256:{hex}00"),                                       // too long
             "sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuF".to_string(), // 31 bytes
             "sha256-!!!!".to_string(),
             "sha256:".to_string(),

@@ -161,7 +161,13 @@ impl NarInfo {
     }
     /// `1;<path>;sha256:<nix32>;<narSize>;<sorted full ref paths, comma-joined>`
     pub fn fingerprint(&self, store_dir: &str) -> String {
-        fingerprint(store_dir, &self.store_path, &self.nar_hash, self.nar_size, &self.references)
+        fingerprint(
+            store_dir,
+            &self.store_path,
+            &self.nar_hash,
+            self.nar_size,
+            &self.references,
+        )
     }
 }
 
@@ -172,10 +178,7 @@ pub fn fingerprint(
     nar_size: u64,
     references: &[StorePath],
 ) -> String {
-    let mut out = format!(
-        "1;{};{nar_hash};{nar_size};",
-        path.to_absolute(store_dir)
-    );
+    let mut out = format!("1;{};{nar_hash};{nar_size};", path.to_absolute(store_dir));
     for (i, r) in sorted_unique(references).into_iter().enumerate() {
         if i > 0 {
             out.push(',');
@@ -200,7 +203,11 @@ mod tests {
 
     macro_rules! fixture {
         ($name:literal) => {
-            include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/", $name))
+            include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/",
+                $name
+            ))
         };
     }
     /// (name, narinfo text) as `nix copy --to file://...?compression=zstd` wrote them.
@@ -250,7 +257,10 @@ mod tests {
         let bb = get("busybox-static");
         assert_eq!(bb.deriver, None); // no Deriver line at all
         assert!(!fixture!("busybox-static.narinfo").contains("Deriver"));
-        assert_eq!(bb.ca.as_deref(), Some(format!("fixed:r:{}", bb.nar_hash).as_str()));
+        assert_eq!(
+            bb.ca.as_deref(),
+            Some(format!("fixed:r:{}", bb.nar_hash).as_str())
+        );
     }
 
     #[test]
@@ -278,7 +288,13 @@ mod tests {
                 assert!(!pk.verify(&fp2, &info.sigs[0]));
             }
             let other_hash = Sha256Hash::digest(b"tampered");
-            let fp3 = fingerprint(SD, &info.store_path, &other_hash, info.nar_size, &info.references);
+            let fp3 = fingerprint(
+                SD,
+                &info.store_path,
+                &other_hash,
+                info.nar_size,
+                &info.references,
+            );
             assert!(!pk.verify(&fp3, &info.sigs[0]));
             assert!(!pk.verify(&format!("{fp} "), &info.sigs[0]));
         }
@@ -323,9 +339,16 @@ mod tests {
         let extra = format!("{lib}System: x86_64-linux\n");
         assert_eq!(NarInfo::parse(&extra, SD).unwrap(), get("fx-lib"));
         assert_eq!(NarInfo::parse(lib.trim_end(), SD).unwrap(), get("fx-lib"));
-        let unk = lib.replace("Deriver: 9agfqy2y1pxh8p2lzf1047cvadn7xp5g-fx.drv", "Deriver: unknown-deriver");
+        let unk = lib.replace(
+            "Deriver: 9agfqy2y1pxh8p2lzf1047cvadn7xp5g-fx.drv",
+            "Deriver: unknown-deriver",
+        );
         assert_eq!(NarInfo::parse(&unk, SD).unwrap().deriver, None);
-        let no_comp: String = lib.lines().filter(|l| !l.starts_with("Compression")).map(|l| format!("{l}\n")).collect();
+        let no_comp: String = lib
+            .lines()
+            .filter(|l| !l.starts_with("Compression"))
+            .map(|l| format!("{l}\n"))
+            .collect();
         assert_eq!(NarInfo::parse(&no_comp, SD).unwrap().compression, "bzip2");
         for required in ["StorePath", "URL", "NarHash", "NarSize"] {
             let without: String = lib

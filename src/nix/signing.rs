@@ -33,9 +33,10 @@ impl SecretKey {
     pub fn parse(s: &str) -> Result<Self, FormatError> {
         let (name, data) = split_key(s.trim())
             .ok_or_else(|| FormatError::Key("secret key is not of the form name:base64".into()))?;
-        let bytes = Zeroizing::new(BASE64.decode(data).map_err(|_| {
-            FormatError::Key(format!("secret key {name:?} is not valid base64"))
-        })?);
+        let bytes =
+            Zeroizing::new(BASE64.decode(data).map_err(|_| {
+                FormatError::Key(format!("secret key {name:?} is not valid base64"))
+            })?);
         if bytes.len() != SECRET_KEY_LENGTH + PUBLIC_KEY_LENGTH {
             return Err(FormatError::Key(format!(
                 "secret key {name:?} has {} bytes, expected 64 (seed and public key)",
@@ -114,9 +115,8 @@ impl PublicKey {
         let bad = |why: &str| FormatError::Key(format!("public key {s:?}: {why}"));
         let (name, data) = split_key(s).ok_or_else(|| bad("not of the form name:base64"))?;
         let bytes = BASE64.decode(data).map_err(|_| bad("invalid base64"))?;
-        let bytes: [u8; PUBLIC_KEY_LENGTH] = bytes
-            .try_into()
-            .map_err(|_| bad("expected 32 bytes"))?;
+        let bytes: [u8; PUBLIC_KEY_LENGTH] =
+            bytes.try_into().map_err(|_| bad("expected 32 bytes"))?;
         let key = ed25519_dalek::VerifyingKey::from_bytes(&bytes)
             .map_err(|_| bad("not a valid ed25519 point"))?;
         Ok(PublicKey {
@@ -160,5 +160,138 @@ impl std::fmt::Display for PublicKey {
 impl std::fmt::Debug for PublicKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "PublicKey({self})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PUB: &str = include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/key.pub"
+    ));
+    const SEC: &str = include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/key.sec"
+    ));
+
+    #[test]
+    fn parses_nix_generated_keys() {
+        let sk = SecretKey::parse(SEC).unwrap();
+        let pk = PublicKey::parse(PUB).unwrap();
+        assert_eq!(sk.name(), "fixture-key-1");
+        assert_eq!(pk.name(), "fixture-key-1");
+        assert_eq!(sk.public_key(), pk);
+        assert_eq!(pk.to_string(), PUB.trim());
+        assert_eq!(format!("{pk:?}"), format!("PublicKey({})", PUB.trim()));
+        assert_eq!(*sk.to_file_string(), SEC.trim());
+        // whitespace around the file content is ignored
+        assert!(SecretKey::parse(&format!("  {SEC}\n")).is_ok());
+        assert_eq!(PublicKey::parse(&format!("{PUB}\n")).unwrap(), pk);
+    }
+
+    #[test]
+    fn sign_and_verify() {
+        let sk = SecretKey::parse(SEC).unwrap();
+        let pk = sk.public_key();
+        let sig = sk.sign("1;/nix/store/x;sha256:y;1;");
+        assert!(sig.starts_with("fixture-key-1:"));
+        assert_eq!(sig.len(), "fixture-key-1:".len() + 88);
+        assert!(pk.verify("1;/nix/store/x;sha256:y;1;", &sig));
+        assert!(!pk.verify("1;/nix/store/x;sha256:y;2;", &sig));
+        // wrong name, garbage, truncated
+        let renamed = sig.replacen("fixture-key-1", "other-key", 1);
+        assert!(!pk.verify("1;/nix/store/x;sha256:y;1;", &renamed));
+        assert!(!pk.verify("1;/nix/store/x;sha256:y;1;", "fixture-key-1:!!"));
+        assert!(!pk.verify("1;/nix/store/x;sha256:y;1;", &sig[..sig.len() - 4]));
+        assert!(!pk.verify("1;/nix/store/x;sha256:y;1;", "no-colon"));
+        // another key with the same name does not verify
+        let other = SecretKey::generate("fixture-key-1").unwrap();
+        assert!(!other
+            .public_key()
+            .verify("1;/nix/store/x;sha256:y;1;", &sig));
+    }
+
+    #[test]
+    fn generate_round_trips() {
+        let sk = SecretKey::generate("my-cache-1").unwrap();
+        let file = sk.to_file_string();
+        let again = SecretKey::parse(&file).unwrap();
+        assert_eq!(again.public_key(), sk.public_key());
+        let pk = PublicKey::parse(&sk.public_key().to_string()).unwrap();
+        assert!(pk.verify("fp", &again.sign("fp")));
+        assert_ne!(SecretKey::generate("my-cache-1").unwrap().public_key(), pk);
+        for bad in ["", "a:b", "a b", "a\n"] {
+            assert!(
+                matches!(SecretKey::generate(bad), Err(FormatError::Key(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn secret_key_rejections_never_leak_material() {
+        let (name, b64) = SEC.trim().split_once(':').unwrap();
+        let bytes = BASE64.decode(b64).unwrap();
+        let mut mismatched = bytes.clone();
+        mismatched[40] ^= 1;
+        let cases = [
+            format!("{name}:{}!", &b64[..b64.len() - 1]), // bad base64
+            format!("{name}:{}", BASE64.encode(&bytes[..32])), // seed only
+            format!("{name}:{}", BASE64.encode([&bytes[..], &[0]].concat())),
+            format!("{name}:{}", BASE64.encode(&mismatched)), // public half mismatch
+            format!(":{b64}"),                                // empty name
+            b64.to_string(),                                  // no name
+            String::new(),
+        ];
+        for case in &cases {
+            let e = SecretKey::parse(case).unwrap_err();
+            assert!(matches!(e, FormatError::Key(_)), "{case:?}");
+            let msg = e.to_string();
+            assert!(!msg.contains(&b64[..12]), "{msg}");
+            assert!(!msg.contains(&b64[b64.len() - 16..]), "{msg}");
+            if let Some((_, data)) = case.split_once(':') {
+                if data.len() > 8 {
+                    assert!(!msg.contains(&data[..8]), "{msg}");
+                }
+            }
+        }
+        let e = SecretKey::parse(&cases[3]).unwrap_err().to_string();
+        assert!(e.contains("public half does not match"), "{e}");
+    }
+
+    #[test]
+    fn public_key_rejections() {
+        let (name, b64) = PUB.trim().split_once(':').unwrap();
+        let bytes = BASE64.decode(b64).unwrap();
+        for bad in [
+            format!("{name}:{}", BASE64.encode(&bytes[..31])),
+            format!("{name}:{}", BASE64.encode([&bytes[..], &[0]].concat())),
+            format!("{name}:%%%%"),
+            format!(":{b64}"),
+            b64.to_string(),
+        ] {
+            assert!(
+                matches!(PublicKey::parse(&bad), Err(FormatError::Key(_))),
+                "{bad}"
+            );
+        }
+        // the secret key file is not a public key
+        assert!(PublicKey::parse(SEC).is_err());
+    }
+
+    #[test]
+    fn debug_is_redacted() {
+        let sk = SecretKey::parse(SEC).unwrap();
+        let dbg = format!("{sk:?} {sk:#?}");
+        let b64 = SEC.trim().split_once(':').unwrap().1;
+        let bytes = BASE64.decode(b64).unwrap();
+        assert!(dbg.contains("fixture-key-1") && dbg.contains("redacted"));
+        assert!(!dbg.contains(&b64[..8]));
+        assert!(!dbg.contains(&BASE64.encode(&bytes[..32])[..8]));
+        let hex: String = bytes[..4].iter().map(|b| format!("{b:02x}")).collect();
+        assert!(!dbg.contains(&hex));
+        assert!(!dbg.contains(&format!("{:?}", &bytes[..4])[1..10]));
     }
 }

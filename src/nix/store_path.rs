@@ -198,7 +198,10 @@ mod tests {
         assert!(StorePath::from_absolute(&sub, SD).is_err());
         assert_eq!(StorePath::from_absolute_prefix(&sub, SD).unwrap(), p);
         assert_eq!(StorePath::from_absolute_prefix(&full, SD).unwrap(), p);
-        assert_eq!(StorePath::from_absolute_prefix(&format!("{full}/"), SD).unwrap(), p);
+        assert_eq!(
+            StorePath::from_absolute_prefix(&format!("{full}/"), SD).unwrap(),
+            p
+        );
         // other store dir
         let other = format!("/tmp/s/{H}-fx");
         assert_eq!(StorePath::from_absolute(&other, "/tmp/s").unwrap(), p);

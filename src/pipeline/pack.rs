@@ -38,10 +38,18 @@ pub struct HashWriter<W> {
 
 impl<W: Write> HashWriter<W> {
     pub fn new(inner: W) -> Self {
-        HashWriter { inner, hasher: Sha256::new(), count: 0 }
+        HashWriter {
+            inner,
+            hasher: Sha256::new(),
+            count: 0,
+        }
     }
     pub fn finish(self) -> (W, Sha256Hash, u64) {
-        (self.inner, Sha256Hash(self.hasher.finalize().into()), self.count)
+        (
+            self.inner,
+            Sha256Hash(self.hasher.finalize().into()),
+            self.count,
+        )
     }
 }
 
@@ -69,7 +77,10 @@ pub fn pack(
     let name = info.path.to_absolute(store_dir);
     let io_err = |e: io::Error| Error::Other(anyhow::anyhow!("{name}: {e}"));
     let cache_failed = std::rc::Rc::new(std::cell::Cell::new(false));
-    let upload = Tracked { inner: cache.begin_nar()?, failed: cache_failed.clone() };
+    let upload = Tracked {
+        inner: cache.begin_nar()?,
+        failed: cache_failed.clone(),
+    };
     let file_hasher = HashWriter::new(upload);
     let mut zstd = zstd::stream::write::Encoder::new(file_hasher, opts.level).map_err(io_err)?;
     if opts.threads > 1 && info.nar_size >= MULTITHREAD_FROM {
@@ -93,7 +104,11 @@ pub fn pack(
     }
     let url = format!("nar/{}.nar.zst", file_hash.to_nix32());
     upload.inner.commit(&url)?;
-    Ok(Packed { url, file_hash, file_size })
+    Ok(Packed {
+        url,
+        file_hash,
+        file_size,
+    })
 }
 
 /// Remembers whether an error came from the cache side of the stream, so it

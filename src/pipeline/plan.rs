@@ -86,7 +86,11 @@ fn local_filter(info: &PathInfo, opts: &PlanOptions, store_dir: &str) -> Option<
         Some(Skip::Excluded)
     } else if opts.self_sources.contains(&info.path) {
         Some(Skip::SelfSource)
-    } else if info.sigs.iter().any(|s| opts.upstream_keys.iter().any(|k| sig_by(s, k))) {
+    } else if info
+        .sigs
+        .iter()
+        .any(|s| opts.upstream_keys.iter().any(|k| sig_by(s, k)))
+    {
         Some(Skip::UpstreamSigned)
     } else {
         None
@@ -94,7 +98,8 @@ fn local_filter(info: &PathInfo, opts: &PlanOptions, store_dir: &str) -> Option<
 }
 
 fn sig_by(sig: &str, key_name: &str) -> bool {
-    sig.split_once(':').is_some_and(|(name, _)| name == key_name)
+    sig.split_once(':')
+        .is_some_and(|(name, _)| name == key_name)
 }
 
 /// Builds the plan: filters, then asks the target (and optionally an
@@ -106,7 +111,10 @@ pub fn plan(
     target: &dyn BinaryCache,
     upstream: Option<&dyn BinaryCache>,
 ) -> Result<PushPlan> {
-    let mut plan = PushPlan { considered: candidates.len(), ..Default::default() };
+    let mut plan = PushPlan {
+        considered: candidates.len(),
+        ..Default::default()
+    };
     let mut kept = Vec::new();
     let mut dropped: HashMap<StorePath, PathInfo> = HashMap::new();
     for info in candidates {

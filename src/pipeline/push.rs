@@ -18,7 +18,10 @@ pub fn run_plan(
     let items = plan
         .upload
         .iter()
-        .map(|info| Item { info: info.clone(), real_path: store.real_path(&info.path) })
+        .map(|info| Item {
+            info: info.clone(),
+            real_path: store.real_path(&info.path),
+        })
         .collect();
     upload(items, &plan.present, cache, key, store.store_dir(), opts)
 }
@@ -37,7 +40,10 @@ pub fn push_closure(
     opts: &UploadOptions,
 ) -> Result<(PushPlan, UploadReport)> {
     let candidates = closure_of(store, roots)?;
-    let plan_opts = PlanOptions { include_drv: true, ..Default::default() };
+    let plan_opts = PlanOptions {
+        include_drv: true,
+        ..Default::default()
+    };
     let plan = plan(store, candidates, &plan_opts, cache, None)?;
     cache.ensure_cache_info(store.store_dir())?;
     let report = run_plan(store, &plan, cache, key, opts);

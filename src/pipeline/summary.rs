@@ -11,7 +11,11 @@ pub fn mb(bytes: u64) -> String {
 
 /// The one-line push summary.
 pub fn push_line(plan: &PushPlan, up: &UploadReport) -> String {
-    let rate = if up.seconds > 0.0 { up.nar_bytes as f64 / 1e6 / up.seconds } else { 0.0 };
+    let rate = if up.seconds > 0.0 {
+        up.nar_bytes as f64 / 1e6 / up.seconds
+    } else {
+        0.0
+    };
     let mut line = format!(
         "{} paths considered, {} already cached, {} uploaded",
         plan.considered,
@@ -19,7 +23,12 @@ pub fn push_line(plan: &PushPlan, up: &UploadReport) -> String {
         up.uploaded.len()
     );
     if !up.failed.is_empty() || !up.blocked.is_empty() {
-        let _ = write!(line, ", {} failed, {} held back", up.failed.len(), up.blocked.len());
+        let _ = write!(
+            line,
+            ", {} failed, {} held back",
+            up.failed.len(),
+            up.blocked.len()
+        );
     }
     let _ = write!(
         line,

@@ -115,7 +115,11 @@ impl<'a> Publisher<'a> {
         key: &'a SecretKey,
         store_dir: &'a str,
     ) -> Self {
-        let index = items.iter().enumerate().map(|(i, it)| (&it.info.path, i)).collect();
+        let index = items
+            .iter()
+            .enumerate()
+            .map(|(i, it)| (&it.info.path, i))
+            .collect();
         Publisher {
             items,
             cache,
@@ -161,7 +165,9 @@ impl<'a> Publisher<'a> {
     /// The first reference of item `i` that has no narinfo yet.
     fn unmet_reference(&self, i: usize) -> Option<&'a StorePath> {
         let info = &self.items[i].info;
-        info.references.iter().find(|r| **r != info.path && !self.published.contains(*r))
+        info.references
+            .iter()
+            .find(|r| **r != info.path && !self.published.contains(*r))
     }
 
     /// Publishes `i` if ready, then every waiting dependent that became ready.
@@ -206,14 +212,27 @@ impl<'a> Publisher<'a> {
             ca: info.ca.clone(),
         };
         let own = format!("{}:", self.key.name());
-        narinfo.sigs = info.sigs.iter().filter(|s| !s.starts_with(&own)).cloned().collect();
-        narinfo.sigs.push(self.key.sign(&narinfo.fingerprint(self.store_dir)));
-        self.cache.put(&narinfo_name(&info.path), narinfo.render(self.store_dir).as_bytes())
+        narinfo.sigs = info
+            .sigs
+            .iter()
+            .filter(|s| !s.starts_with(&own))
+            .cloned()
+            .collect();
+        narinfo
+            .sigs
+            .push(self.key.sign(&narinfo.fingerprint(self.store_dir)));
+        self.cache.put(
+            &narinfo_name(&info.path),
+            narinfo.render(self.store_dir).as_bytes(),
+        )
     }
 
     fn finish(mut self, start: Instant) -> UploadReport {
-        let mut blocked: Vec<StorePath> =
-            self.waiting.keys().map(|&i| self.items[i].info.path.clone()).collect();
+        let mut blocked: Vec<StorePath> = self
+            .waiting
+            .keys()
+            .map(|&i| self.items[i].info.path.clone())
+            .collect();
         blocked.sort();
         self.report.blocked = blocked;
         self.report.seconds = start.elapsed().as_secs_f64();

@@ -32,7 +32,9 @@ struct JsonInfo {
 
 impl Cli {
     pub fn new(root: Option<&Path>) -> Result<Cli> {
-        let cli = Cli { root: root.map(Path::to_path_buf) };
+        let cli = Cli {
+            root: root.map(Path::to_path_buf),
+        };
         cli.run("nix-store", &["--version".to_string()])?;
         Ok(cli)
     }
@@ -48,24 +50,39 @@ impl Cli {
 
     fn run(&self, program: &str, args: &[String]) -> Result<String> {
         let out = self.command(program).args(args).output().map_err(|e| {
-            Error::Store(format!("cannot run {program}: {e} (is Nix installed and on PATH?)"))
+            Error::Store(format!(
+                "cannot run {program}: {e} (is Nix installed and on PATH?)"
+            ))
         })?;
         if !out.status.success() {
             let err = String::from_utf8_lossy(&out.stderr);
-            let line = err.lines().find(|l| l.contains("error")).unwrap_or(err.trim());
+            let line = err
+                .lines()
+                .find(|l| l.contains("error"))
+                .unwrap_or(err.trim());
             return Err(Error::Store(format!("{program} failed: {line}")));
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    pub fn path_infos(&self, paths: &[StorePath], store_dir: &str) -> Result<Vec<Option<PathInfo>>> {
+    pub fn path_infos(
+        &self,
+        paths: &[StorePath],
+        store_dir: &str,
+    ) -> Result<Vec<Option<PathInfo>>> {
         let mut found: HashMap<StorePath, PathInfo> = HashMap::new();
         for chunk in paths.chunks(BATCH) {
             let abs: Vec<String> = chunk.iter().map(|p| p.to_absolute(store_dir)).collect();
-            let mut args = vec!["--check-validity".to_string(), "--print-invalid".to_string()];
+            let mut args = vec![
+                "--check-validity".to_string(),
+                "--print-invalid".to_string(),
+            ];
             args.extend(abs.iter().cloned());
-            let invalid: HashSet<String> =
-                self.run("nix-store", &args)?.lines().map(str::to_string).collect();
+            let invalid: HashSet<String> = self
+                .run("nix-store", &args)?
+                .lines()
+                .map(str::to_string)
+                .collect();
             // `--derivation` makes a .drv stand for itself rather than its outputs.
             for drvs in [true, false] {
                 let batch: Vec<String> = abs
@@ -110,8 +127,11 @@ fn to_info(j: JsonInfo, store_dir: &str) -> Result<Option<PathInfo>> {
     };
     let nar_hash =
         Sha256Hash::parse(&hash).map_err(|e| Error::Store(format!("nix CLI: {}: {e}", j.path)))?;
-    let mut references =
-        j.references.iter().map(|r| parse(r, store_dir)).collect::<Result<Vec<_>>>()?;
+    let mut references = j
+        .references
+        .iter()
+        .map(|r| parse(r, store_dir))
+        .collect::<Result<Vec<_>>>()?;
     references.sort();
     Ok(Some(PathInfo {
         path: parse(&j.path, store_dir)?,
@@ -119,7 +139,11 @@ fn to_info(j: JsonInfo, store_dir: &str) -> Result<Option<PathInfo>> {
         nar_hash,
         nar_size,
         references,
-        deriver: j.deriver.as_deref().map(|d| parse(d, store_dir)).transpose()?,
+        deriver: j
+            .deriver
+            .as_deref()
+            .map(|d| parse(d, store_dir))
+            .transpose()?,
         sigs: j.signatures,
         ca: j.ca,
     }))

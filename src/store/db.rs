@@ -50,25 +50,40 @@ impl Db {
     pub fn open(path: &Path) -> Result<Db> {
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags).map_err(db_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(60)).map_err(db_err)?;
-        // Fail now (and fall back) rather than on the first real query.
-        conn.query_row("SELECT count(*) FROM ValidPaths WHERE id < 0", [], |_| Ok(()))
+        conn.busy_timeout(std::time::Duration::from_secs(60))
             .map_err(db_err)?;
+        // Fail now (and fall back) rather than on the first real query.
+        conn.query_row("SELECT count(*) FROM ValidPaths WHERE id < 0", [], |_| {
+            Ok(())
+        })
+        .map_err(db_err)?;
         Ok(Db { conn })
     }
 
     pub fn snapshot(&self) -> Result<Snapshot> {
         self.conn
-            .query_row("SELECT coalesce(max(id), 0), count(*) FROM ValidPaths", [], |r| {
-                Ok(Snapshot { max_id: r.get(0)?, count: r.get::<_, i64>(1)? as u64 })
-            })
+            .query_row(
+                "SELECT coalesce(max(id), 0), count(*) FROM ValidPaths",
+                [],
+                |r| {
+                    Ok(Snapshot {
+                        max_id: r.get(0)?,
+                        count: r.get::<_, i64>(1)? as u64,
+                    })
+                },
+            )
             .map_err(db_err)
     }
 
-    pub fn path_infos(&self, paths: &[StorePath], store_dir: &str) -> Result<Vec<Option<PathInfo>>> {
+    pub fn path_infos(
+        &self,
+        paths: &[StorePath],
+        store_dir: &str,
+    ) -> Result<Vec<Option<PathInfo>>> {
         let tx = self.conn.unchecked_transaction().map_err(db_err)?;
-        let mut by_path =
-            tx.prepare_cached(&format!("SELECT {COLUMNS} FROM ValidPaths WHERE path = ?1")).map_err(db_err)?;
+        let mut by_path = tx
+            .prepare_cached(&format!("SELECT {COLUMNS} FROM ValidPaths WHERE path = ?1"))
+            .map_err(db_err)?;
         let mut refs = tx
             .prepare_cached(
                 "SELECT v.path FROM Refs r JOIN ValidPaths v ON v.id = r.reference WHERE r.referrer = ?1",
@@ -102,7 +117,9 @@ impl Db {
         let tx = self.conn.unchecked_transaction().map_err(db_err)?;
         let rows = {
             let mut st = tx
-                .prepare(&format!("SELECT {COLUMNS} FROM ValidPaths WHERE id > ?1 ORDER BY id"))
+                .prepare(&format!(
+                    "SELECT {COLUMNS} FROM ValidPaths WHERE id > ?1 ORDER BY id"
+                ))
                 .map_err(db_err)?;
             let rows = st.query_map(params![max_id], read_row).map_err(db_err)?;
             rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)?
@@ -117,7 +134,9 @@ impl Db {
                 .map_err(db_err)?;
             let mut q = st.query(params![max_id]).map_err(db_err)?;
             while let Some(r) = q.next().map_err(db_err)? {
-                refs.entry(r.get(0).map_err(db_err)?).or_default().push(r.get(1).map_err(db_err)?);
+                refs.entry(r.get(0).map_err(db_err)?)
+                    .or_default()
+                    .push(r.get(1).map_err(db_err)?);
             }
         }
         tx.finish().map_err(db_err)?;
@@ -130,8 +149,13 @@ impl Db {
     }
 
     pub fn all_paths(&self, store_dir: &str) -> Result<Vec<StorePath>> {
-        let mut st = self.conn.prepare("SELECT path FROM ValidPaths").map_err(db_err)?;
-        let rows = st.query_map([], |r| r.get::<_, String>(0)).map_err(db_err)?;
+        let mut st = self
+            .conn
+            .prepare("SELECT path FROM ValidPaths")
+            .map_err(db_err)?;
+        let rows = st
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(db_err)?;
         let mut out = Vec::new();
         for p in rows {
             out.push(parse_path(&p.map_err(db_err)?, store_dir)?);
@@ -158,7 +182,12 @@ fn to_info(row: Row, references: Vec<String>, store_dir: &str) -> Result<PathInf
         Some(d) if !d.is_empty() => Some(parse_path(d, store_dir)?),
         _ => None,
     };
-    let sigs = row.sigs.unwrap_or_default().split_whitespace().map(str::to_string).collect();
+    let sigs = row
+        .sigs
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
     Ok(PathInfo {
         path,
         id: row.id,

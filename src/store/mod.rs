@@ -57,7 +57,11 @@ impl Store {
         let prefix = root.map(Path::to_path_buf).unwrap_or_default();
         let db_path = prefix.join("nix/var/nix/db/db.sqlite");
         if !db_path.exists() {
-            let hint = if root.is_some() { "" } else { " (is Nix installed?)" };
+            let hint = if root.is_some() {
+                ""
+            } else {
+                " (is Nix installed?)"
+            };
             return Err(Error::Store(format!(
                 "no Nix database at {}{hint}",
                 db_path.display()
@@ -78,7 +82,11 @@ impl Store {
                 }
             }
         };
-        Ok(Store { root: root.map(Path::to_path_buf), store_dir, backend })
+        Ok(Store {
+            root: root.map(Path::to_path_buf),
+            store_dir,
+            backend,
+        })
     }
 
     /// The logical store directory (`/nix/store`).
@@ -105,7 +113,12 @@ impl Store {
     /// one such as `./result` (followed link by link, since a chroot store's
     /// links point at logical paths that don't exist on this machine).
     pub fn parse_path_arg(&self, arg: &str) -> Result<StorePath> {
-        let not_store = || Error::Path(format!("{arg}: not a path in the Nix store {}", self.store_dir));
+        let not_store = || {
+            Error::Path(format!(
+                "{arg}: not a path in the Nix store {}",
+                self.store_dir
+            ))
+        };
         let mut current = PathBuf::from(arg);
         for _ in 0..40 {
             let s = current.to_string_lossy().to_string();
@@ -171,7 +184,10 @@ impl Store {
             let mut next = Vec::new();
             for (path, info) in frontier.iter().zip(infos) {
                 let info = info.ok_or_else(|| {
-                    Error::Path(format!("{}: not valid in the store", path.to_absolute(&self.store_dir)))
+                    Error::Path(format!(
+                        "{}: not valid in the store",
+                        path.to_absolute(&self.store_dir)
+                    ))
                 })?;
                 for r in &info.references {
                     if seen.insert(r.clone()) {

@@ -1,0 +1,162 @@
+//! Test harness: temporary chroot stores, real `nix` commands, the built
+//! `nixdelta` binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Nix settings for every command: no network substituters (or every build
+/// waits on DNS), flakes enabled.
+pub const NIX_CONFIG: &str = "substituters =\nexperimental-features = nix-command flakes\n";
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn example(name: &str) -> PathBuf {
+    repo().join("examples").join(name)
+}
+
+/// A scratch directory with a chroot store `store/`, deleted on drop.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let dir = tempfile::Builder::new()
+            .prefix("nixdelta-test-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        Env { dir }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn store(&self) -> PathBuf {
+        self.path("store")
+    }
+
+    /// `nixdelta --store <store> ARGS`.
+    pub fn nixdelta(&self, args: &[&str]) -> Command {
+        let mut cmd = nixdelta();
+        cmd.arg("--store").arg(self.store()).args(args);
+        cmd
+    }
+
+    /// A `nix`/`nix-store`/`nix-build` command on a given chroot store.
+    pub fn nix_on(&self, store: &Path, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.env("NIX_CONFIG", NIX_CONFIG).arg("--store").arg(store);
+        cmd
+    }
+
+    pub fn nix(&self, program: &str) -> Command {
+        self.nix_on(&self.store(), program)
+    }
+
+    /// Builds attributes of an example into this env's store; output paths.
+    pub fn build(&self, file: &str, attrs: &[&str]) -> Vec<String> {
+        let mut cmd = self.nix("nix-build");
+        cmd.arg(example(file)).arg("--no-out-link");
+        for a in attrs {
+            cmd.args(["-A", a]);
+        }
+        stdout_lines(&ok(&mut cmd))
+    }
+
+    /// A fresh signing key pair; returns (secret key file, public key).
+    pub fn keygen(&self, name: &str) -> (PathBuf, String) {
+        let out = self.path("keys");
+        ok(nixdelta().args(["keygen", name, "--out"]).arg(&out));
+        let public = std::fs::read_to_string(out.join(format!("{name}.pub"))).unwrap();
+        (out.join(format!("{name}.sec")), public.trim().to_string())
+    }
+
+    pub fn cache_url(&self) -> String {
+        format!("file://{}", self.path("cache").display())
+    }
+
+    /// Realises `paths` in a brand-new chroot store whose only substituter is
+    /// `cache_url`, trusting only `public_key`, with `--max-jobs 0` so that
+    /// nothing may be built: everything must be substituted and signed.
+    pub fn realise_fresh(
+        &self,
+        fresh: &str,
+        cache_url: &str,
+        public_key: &str,
+        paths: &[&str],
+    ) -> Output {
+        let mut cmd = self.nix_on(&self.path(fresh), "nix-store");
+        cmd.arg("--realise")
+            .args(paths)
+            .args(["--max-jobs", "0"])
+            .args(["--option", "substituters", cache_url])
+            .args(["--option", "trusted-public-keys", public_key])
+            .args(["--option", "require-sigs", "true"]);
+        cmd.output().unwrap()
+    }
+}
+
+pub fn nixdelta() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nixdelta"));
+    cmd.env("NIX_CONFIG", NIX_CONFIG)
+        .env_remove("NIXDELTA_SECRET_KEY");
+    cmd
+}
+
+/// Runs `cmd`, panicking with its output unless it succeeds.
+pub fn ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?} failed:\n{}", show(&out));
+    out
+}
+
+pub fn show(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+pub fn stdout_lines(out: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The `<hash>.narinfo` files of a file:// cache directory.
+pub fn narinfos(cache: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(cache)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".narinfo"))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// The store path a narinfo file stands for, as Nix wrote it inside.
+pub fn narinfo_field(text: &str, field: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}: ")).map(str::to_string))
+}
+
+/// Base names of `nix-store -qR` of `path` in `store`.
+pub fn closure(env: &Env, path: &str) -> Vec<String> {
+    let out = ok(env.nix("nix-store").args(["-qR", path]));
+    let mut v = stdout_lines(&out);
+    v.sort();
+    v
+}
