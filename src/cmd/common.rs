@@ -12,6 +12,13 @@ pub struct PushArgs {
     /// Binary cache URL (`file:///DIR`).
     #[arg(long, value_name = "URL")]
     pub to: String,
+    #[command(flatten)]
+    pub upload: UploadArgs,
+}
+
+/// How uploads are signed and compressed.
+#[derive(clap::Args, Clone, Debug)]
+pub struct UploadArgs {
     /// Nix secret key file (`name:base64`); or the key itself in $NIXDELTA_SECRET_KEY.
     #[arg(long, value_name = "FILE")]
     pub secret_key_file: Option<PathBuf>,
@@ -51,7 +58,7 @@ pub fn load_secret_key(file: Option<&Path>) -> Result<SecretKey> {
     })
 }
 
-pub fn upload_options(args: &PushArgs) -> UploadOptions {
+pub fn upload_options(args: &UploadArgs) -> UploadOptions {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let jobs = args.jobs.unwrap_or(cores).max(1);
     UploadOptions {

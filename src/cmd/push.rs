@@ -9,7 +9,7 @@ use nixdelta::store::Store;
 use super::common::{load_secret_key, upload_options, PushArgs};
 
 pub fn push_cmd(store: &Store, args: &PushArgs, paths: &[String]) -> Result<i32> {
-    let key = load_secret_key(args.secret_key_file.as_deref())?;
+    let key = load_secret_key(args.upload.secret_key_file.as_deref())?;
     let roots = paths
         .iter()
         .map(|p| store.parse_path_arg(p))
@@ -24,7 +24,7 @@ pub fn push_cmd(store: &Store, args: &PushArgs, paths: &[String]) -> Result<i32>
     }
     let target = cache::open(&args.to)?;
     let (plan, report) =
-        push::push_closure(store, &roots, target.as_ref(), &key, &upload_options(args))?;
+        push::push_closure(store, &roots, target.as_ref(), &key, &upload_options(&args.upload))?;
     println!("{}", summary::push_line(&plan, &report));
     match push::report_error(&report, target.url()) {
         Some(e) => Err(e),

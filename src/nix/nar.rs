@@ -104,10 +104,9 @@ impl<W: Write> NarWriter<'_, W> {
             self.str(target.as_os_str().as_bytes())?;
         } else if ft.is_dir() {
             self.str(b"directory")?;
-            let mut names = fs::read_dir(&*path)
+            let mut names: Vec<OsString> = fs::read_dir(&*path)
                 .and_then(|rd| rd.map(|e| e.map(|e| e.file_name())).collect())
-                .map_err(|e| at(path, "reading directory", e))
-                .map(|v: Vec<OsString>| v)?;
+                .map_err(|e| at(path, "reading directory", e))?;
             names.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
             for name in names {
                 self.strs(&["entry", "(", "name"])?;

@@ -5,3 +5,6 @@ pub mod plan;
 pub mod push;
 pub mod summary;
 pub mod upload;
+pub mod diff;
+pub mod self_source;
+pub mod snapshot;

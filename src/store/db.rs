@@ -47,16 +47,34 @@ fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
 }
 
 impl Db {
+    /// Opens read-only. A reader of a WAL database needs its `-shm` file;
+    /// when Nix has none open (no `-wal` either) and we may not create it,
+    /// the main file holds every committed page, so it is read as immutable.
     pub fn open(path: &Path) -> Result<Db> {
-        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(path, flags).map_err(db_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(60))
-            .map_err(db_err)?;
+        match Self::open_with(path, false) {
+            Ok(db) => Ok(db),
+            Err(e) if !wal_of(path).exists() => {
+                tracing::debug!("{}: {e}; reading it as immutable", path.display());
+                Self::open_with(path, true)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn open_with(path: &Path, immutable: bool) -> Result<Db> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI;
+        let uri = format!(
+            "file:{}?mode=ro{}",
+            path.display().to_string().replace('?', "%3f").replace('#', "%23"),
+            if immutable { "&immutable=1" } else { "" }
+        );
+        let conn = Connection::open_with_flags(uri, flags).map_err(db_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(60)).map_err(db_err)?;
         // Fail now (and fall back) rather than on the first real query.
-        conn.query_row("SELECT count(*) FROM ValidPaths WHERE id < 0", [], |_| {
-            Ok(())
-        })
-        .map_err(db_err)?;
+        conn.query_row("SELECT count(*) FROM ValidPaths WHERE id < 0", [], |_| Ok(()))
+            .map_err(db_err)?;
         Ok(Db { conn })
     }
 
@@ -162,6 +180,12 @@ impl Db {
         }
         Ok(out)
     }
+}
+
+fn wal_of(db: &Path) -> std::path::PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push("-wal");
+    name.into()
 }
 
 fn parse_path(s: &str, store_dir: &str) -> Result<StorePath> {

@@ -1,0 +1,93 @@
+//! `start`: record where the store stands in a small versioned state file,
+//! so `finish` (another process, maybe much later) can compute the diff.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::nix::StorePath;
+use crate::store::{Snapshot, Store};
+
+pub const STATE_VERSION: u32 = 1;
+const STATE_FILE: &str = "state.json";
+
+/// What `start` leaves for `finish`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct State {
+    pub version: u32,
+    /// The chroot store root `start` saw (`None`: the system store).
+    pub store_root: Option<PathBuf>,
+    /// Set when the DB could be read: the diff is by id.
+    pub snapshot: Option<Snapshot>,
+    /// Set when it couldn't: every valid path, for a whole-store diff.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub all_paths: Option<Vec<String>>,
+    /// Unix seconds.
+    pub started_at: u64,
+    /// Extra facts other steps record (cache key, restored paths, ...).
+    #[serde(default)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The state directory: `--state-dir`, else `$RUNNER_TEMP/nixdelta` on
+/// GitHub, else `$TMPDIR/nixdelta-<uid>`. Never the working directory:
+/// a file there could end up in a `./.` source and change its hash.
+pub fn default_state_dir() -> PathBuf {
+    if let Some(t) = std::env::var_os("RUNNER_TEMP") {
+        return PathBuf::from(t).join("nixdelta");
+    }
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::getuid() };
+    std::env::temp_dir().join(format!("nixdelta-{uid}"))
+}
+
+/// Takes the snapshot of `store` (by id when the DB is readable).
+pub fn take(store: &Store, store_root: Option<&Path>) -> Result<State> {
+    let (snapshot, all_paths) = if store.reads_db() {
+        (Some(store.snapshot()?), None)
+    } else {
+        tracing::warn!("no readable Nix DB: recording every valid path for a whole-store diff");
+        let all = store.all_paths()?.iter().map(StorePath::to_string).collect();
+        (None, Some(all))
+    };
+    let started_at =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    Ok(State {
+        version: STATE_VERSION,
+        store_root: store_root.map(Path::to_path_buf),
+        snapshot,
+        all_paths,
+        started_at,
+        extra: Default::default(),
+    })
+}
+
+impl State {
+    /// Writes `state.json` into `dir` atomically.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let io = |e: std::io::Error| Error::Input { path: dir.to_path_buf(), msg: e.to_string() };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+        serde_json::to_writer_pretty(&mut tmp, self).map_err(|e| io(e.into()))?;
+        tmp.persist(dir.join(STATE_FILE)).map_err(|e| io(e.error))?;
+        Ok(())
+    }
+
+    pub fn load(dir: &Path) -> Result<State> {
+        let path = dir.join(STATE_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::Input {
+            path: path.clone(),
+            msg: format!("cannot read the state `nixdelta start` writes ({e}); did start run?"),
+        })?;
+        let state: State = serde_json::from_str(&text)
+            .map_err(|e| Error::Input { path: path.clone(), msg: format!("malformed state: {e}") })?;
+        if state.version != STATE_VERSION {
+            return Err(Error::Input {
+                path,
+                msg: format!("state version {} (this nixdelta reads {STATE_VERSION})", state.version),
+            });
+        }
+        Ok(state)
+    }
+}
