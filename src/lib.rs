@@ -8,8 +8,10 @@
 //! * [`nix`]: pure Nix formats (store paths, nix32, NAR, narinfo, signing).
 //! * [`store`]: the only code that reads the Nix DB or spawns `nix`.
 //! * [`cache`]: binary-cache targets.
+//! * [`archive`]: store archives (format, restore, save, CI cache backends).
 //! * [`pipeline`]: one module per step.
 
+pub mod archive;
 pub mod cache;
 pub mod error;
 pub mod nix;

@@ -50,6 +50,31 @@ enum Command {
         #[arg(required = true, value_name = "PATH")]
         paths: Vec<String>,
     },
+    /// Record where the store stands, for `finish`.
+    Start {
+        #[command(flatten)]
+        state: cmd::track::StateArgs,
+    },
+    /// Push what was realised since `start` (the store diff), filtered.
+    Finish {
+        #[command(flatten)]
+        state: cmd::track::StateArgs,
+        #[command(flatten)]
+        args: cmd::track::FinishArgs,
+    },
+    /// start, run COMMAND, finish (also when it fails); exits with its code.
+    Run {
+        #[command(flatten)]
+        args: cmd::track::FinishArgs,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
+    /// Save or restore a store archive (a whole closure in one blob, keyed by flake.lock).
+    Archive {
+        #[command(subcommand)]
+        cmd: cmd::archive::ArchiveCommand,
+    },
     /// Write the NAR of a store path to stdout (as `nix-store --dump`).
     #[command(hide = true)]
     Nar { path: PathBuf },
@@ -78,9 +103,36 @@ fn init_logging(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .without_time()
-        .with_target(false)
+        .event_format(Plain)
         .init();
+}
+
+/// `nixdelta: warning: message`, like the error line: no timestamps or
+/// colour codes in CI logs.
+struct Plain;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for Plain
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut w: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let level = match *event.metadata().level() {
+            tracing::Level::ERROR => "error: ",
+            tracing::Level::WARN => "warning: ",
+            tracing::Level::INFO => "",
+            tracing::Level::DEBUG => "debug: ",
+            tracing::Level::TRACE => "trace: ",
+        };
+        write!(w, "nixdelta: {level}")?;
+        ctx.field_format().format_fields(w.by_ref(), event)?;
+        writeln!(w)
+    }
 }
 
 fn run(cli: Cli) -> Result<i32> {
@@ -90,6 +142,10 @@ fn run(cli: Cli) -> Result<i32> {
             let store = Store::open(cli.store.as_deref())?;
             cmd::push::push_cmd(&store, &args, &paths)
         }
+        Command::Start { state } => cmd::track::start(cli.store.as_deref(), &state),
+        Command::Finish { state, args } => cmd::track::finish(cli.store.as_deref(), &state, &args),
+        Command::Run { args, command } => cmd::track::run(cli.store.as_deref(), &args, &command),
+        Command::Archive { cmd } => cmd::archive::run(cli.store.as_deref(), cmd),
         Command::Nar { path } => {
             let stdout = std::io::stdout();
             let mut lock = stdout.lock();
@@ -98,4 +154,3 @@ fn run(cli: Cli) -> Result<i32> {
         }
     }
 }
-

@@ -2,13 +2,22 @@
 //! only sees [`BinaryCache`]; it does not know which target it talks to.
 
 mod file;
+pub mod http;
+mod net;
+pub mod retry;
+pub mod s3;
+pub mod spool;
 
-use std::io::Write;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::OnceLock;
 
 use crate::error::{Error, Result};
 use crate::nix::StorePath;
 
 pub use file::FileCache;
+pub use http::HttpCache;
+pub use s3::S3Cache;
 
 /// `nix-cache-info` as Nix writes it for a binary cache.
 pub fn cache_info(store_dir: &str) -> String {
@@ -42,6 +51,30 @@ pub trait BinaryCache: Send + Sync {
             .collect()
     }
 
+    /// Size of a file, `None` when it doesn't exist (network targets: HEAD).
+    fn size(&self, rel: &str) -> Result<Option<u64>> {
+        Ok(self.get(rel)?.map(|d| d.len() as u64))
+    }
+
+    /// Streams a file (a NAR to check); `None` when it doesn't exist.
+    fn reader(&self, rel: &str) -> Result<Option<Box<dyn Read + Send>>> {
+        Ok(self
+            .get(rel)?
+            .map(|d| Box::new(std::io::Cursor::new(d)) as Box<dyn Read + Send>))
+    }
+
+    /// Names of the files directly in directory `dir` of the cache (`""`:
+    /// the root), for `verify`. Not every target can list.
+    fn list(&self, dir: &str) -> Result<Vec<String>> {
+        let _ = dir;
+        Err(Error::cache(self.url(), "this target cannot list its files"))
+    }
+
+    /// Requests made so far, for logs and the benchmark (network targets).
+    fn request_summary(&self) -> Option<String> {
+        None
+    }
+
     /// Writes `nix-cache-info` unless present.
     fn ensure_cache_info(&self, store_dir: &str) -> Result<()> {
         if !self.exists("nix-cache-info")? {
@@ -57,8 +90,58 @@ pub trait NarUpload: Write + Send {
     fn commit(self: Box<Self>, rel: &str) -> Result<()>;
 }
 
-/// Opens a target from a Nix-style store URL.
+/// How network targets authenticate and retry. Set once per process by the
+/// command line ([`set_defaults`]); [`open`] uses it.
+#[derive(Clone, Debug, Default)]
+pub struct CacheOptions {
+    /// netrc file with credentials for http(s):// targets (as Nix's
+    /// `netrc-file`); default `$NIXDELTA_NETRC_FILE`, else `/etc/nix/netrc`
+    /// when present.
+    pub netrc_file: Option<PathBuf>,
+    pub retry: retry::RetryPolicy,
+}
+
+static DEFAULTS: OnceLock<CacheOptions> = OnceLock::new();
+
+/// Sets the options [`open`] uses (first call wins).
+pub fn set_defaults(opts: CacheOptions) {
+    let _ = DEFAULTS.set(opts);
+}
+
+fn defaults() -> CacheOptions {
+    DEFAULTS.get().cloned().unwrap_or_else(|| CacheOptions {
+        netrc_file: None,
+        retry: retry::RetryPolicy::from_env(),
+    })
+}
+
+/// Opens a cache only to read from it (a dry run, an upstream): a file://
+/// directory is neither created nor written.
+pub fn open_read_only(url: &str) -> Result<Box<dyn BinaryCache>> {
+    match url.strip_prefix("file://") {
+        Some(path) if path.starts_with('/') => {
+            let path = path.split('?').next().unwrap_or(path);
+            Ok(Box::new(FileCache::open_read_only(url, path.as_ref())))
+        }
+        _ => open(url),
+    }
+}
+
+/// Opens a target from a Nix-style store URL, with the process's
+/// [`CacheOptions`].
 pub fn open(url: &str) -> Result<Box<dyn BinaryCache>> {
+    open_with(url, &defaults())
+}
+
+/// Opens a target from a Nix-style store URL: `file:///DIR`,
+/// `s3://BUCKET[/PREFIX]?endpoint=…&region=…`, `http(s)://HOST/PATH`.
+pub fn open_with(url: &str, opts: &CacheOptions) -> Result<Box<dyn BinaryCache>> {
+    if url.starts_with("s3://") {
+        return Ok(Box::new(S3Cache::open(url, opts)?));
+    }
+    if url.starts_with("http://") || url.starts_with("https://") {
+        return Ok(Box::new(HttpCache::open(url, opts)?));
+    }
     if let Some(path) = url.strip_prefix("file://") {
         if path.is_empty() || !path.starts_with('/') {
             return Err(Error::cache(
@@ -72,6 +155,6 @@ pub fn open(url: &str) -> Result<Box<dyn BinaryCache>> {
     let scheme = url.split("://").next().unwrap_or(url);
     Err(Error::cache(
         url,
-        format!("unsupported URL scheme {scheme:?} (supported: file://)"),
+        format!("unsupported URL scheme {scheme:?} (supported: file://, s3://, http://, https://)"),
     ))
 }

@@ -1,5 +1,7 @@
 //! One module per subcommand; `main.rs` only parses and dispatches.
 
+pub mod archive;
 pub mod common;
 pub mod keygen;
 pub mod push;
+pub mod track;

@@ -6,6 +6,7 @@
 
 pub mod hash;
 pub mod nar;
+pub mod nar_unpack;
 pub mod narinfo;
 pub mod nix32;
 pub mod signing;

@@ -8,3 +8,4 @@ pub mod upload;
 pub mod diff;
 pub mod self_source;
 pub mod snapshot;
+pub mod key;

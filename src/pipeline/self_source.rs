@@ -29,7 +29,9 @@ pub fn find(store: &Store, candidates: &[PathInfo], source_dir: &Path) -> HashSe
 }
 
 fn mirrors(stored: &Path, source_dir: &Path, name: &str) -> bool {
-    let Ok(meta) = fs::symlink_metadata(stored) else { return false };
+    let Ok(meta) = fs::symlink_metadata(stored) else {
+        return false;
+    };
     if meta.is_file() {
         return same_file(stored, &source_dir.join(name));
     }
@@ -40,13 +42,17 @@ fn mirrors(stored: &Path, source_dir: &Path, name: &str) -> bool {
 
 /// Every file under `stored` exists, equal, at the same place under `source`.
 fn tree_within(stored: &Path, source: &Path, budget: &mut usize, files: &mut usize) -> bool {
-    let Ok(entries) = fs::read_dir(stored) else { return false };
+    let Ok(entries) = fs::read_dir(stored) else {
+        return false;
+    };
     for entry in entries.flatten() {
         if *budget == 0 {
             return true;
         }
         let (s, o) = (entry.path(), source.join(entry.file_name()));
-        let Ok(ft) = entry.file_type() else { return false };
+        let Ok(ft) = entry.file_type() else {
+            return false;
+        };
         let ok = if ft.is_dir() {
             tree_within(&s, &o, budget, files)
         } else if ft.is_symlink() {
@@ -64,11 +70,15 @@ fn tree_within(stored: &Path, source: &Path, budget: &mut usize, files: &mut usi
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
-    let (Ok(ma), Ok(mb)) = (fs::metadata(a), fs::metadata(b)) else { return false };
+    let (Ok(ma), Ok(mb)) = (fs::metadata(a), fs::metadata(b)) else {
+        return false;
+    };
     if !ma.is_file() || !mb.is_file() || ma.len() != mb.len() {
         return false;
     }
-    let (Ok(mut fa), Ok(mut fb)) = (fs::File::open(a), fs::File::open(b)) else { return false };
+    let (Ok(mut fa), Ok(mut fb)) = (fs::File::open(a), fs::File::open(b)) else {
+        return false;
+    };
     let (mut ba, mut bb) = (vec![0u8; 64 << 10], vec![0u8; 64 << 10]);
     loop {
         let n = match fa.read(&mut ba) {

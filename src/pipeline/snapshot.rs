@@ -42,31 +42,63 @@ pub fn default_state_dir() -> PathBuf {
     std::env::temp_dir().join(format!("nixdelta-{uid}"))
 }
 
-/// Takes the snapshot of `store` (by id when the DB is readable).
-pub fn take(store: &Store, store_root: Option<&Path>) -> Result<State> {
+/// Takes the snapshot of the store at `store_root` (by id when the DB is
+/// readable). A store with no DB yet is empty: everything later is new.
+pub fn take(store_root: Option<&Path>) -> Result<State> {
+    if !Store::exists(store_root) {
+        let where_ = store_root.map_or("/".into(), |p| p.display().to_string());
+        tracing::warn!(
+            "no Nix database yet in {where_}: every path added from now on counts as new"
+        );
+        return Ok(new_state(
+            store_root,
+            Some(Snapshot {
+                max_id: 0,
+                count: 0,
+            }),
+            None,
+        ));
+    }
+    let store = Store::open(store_root)?;
     let (snapshot, all_paths) = if store.reads_db() {
         (Some(store.snapshot()?), None)
     } else {
         tracing::warn!("no readable Nix DB: recording every valid path for a whole-store diff");
-        let all = store.all_paths()?.iter().map(StorePath::to_string).collect();
+        let all = store
+            .all_paths()?
+            .iter()
+            .map(StorePath::to_string)
+            .collect();
         (None, Some(all))
     };
-    let started_at =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    Ok(State {
+    Ok(new_state(store_root, snapshot, all_paths))
+}
+
+fn new_state(
+    store_root: Option<&Path>,
+    snapshot: Option<Snapshot>,
+    all_paths: Option<Vec<String>>,
+) -> State {
+    let started_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    State {
         version: STATE_VERSION,
         store_root: store_root.map(Path::to_path_buf),
         snapshot,
         all_paths,
         started_at,
         extra: Default::default(),
-    })
+    }
 }
 
 impl State {
     /// Writes `state.json` into `dir` atomically.
     pub fn save(&self, dir: &Path) -> Result<()> {
-        let io = |e: std::io::Error| Error::Input { path: dir.to_path_buf(), msg: e.to_string() };
+        let io = |e: std::io::Error| Error::Input {
+            path: dir.to_path_buf(),
+            msg: e.to_string(),
+        };
         std::fs::create_dir_all(dir).map_err(io)?;
         let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
         serde_json::to_writer_pretty(&mut tmp, self).map_err(|e| io(e.into()))?;
@@ -80,12 +112,17 @@ impl State {
             path: path.clone(),
             msg: format!("cannot read the state `nixdelta start` writes ({e}); did start run?"),
         })?;
-        let state: State = serde_json::from_str(&text)
-            .map_err(|e| Error::Input { path: path.clone(), msg: format!("malformed state: {e}") })?;
+        let state: State = serde_json::from_str(&text).map_err(|e| Error::Input {
+            path: path.clone(),
+            msg: format!("malformed state: {e}"),
+        })?;
         if state.version != STATE_VERSION {
             return Err(Error::Input {
                 path,
-                msg: format!("state version {} (this nixdelta reads {STATE_VERSION})", state.version),
+                msg: format!(
+                    "state version {} (this nixdelta reads {STATE_VERSION})",
+                    state.version
+                ),
             });
         }
         Ok(state)

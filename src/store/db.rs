@@ -67,14 +67,20 @@ impl Db {
             | OpenFlags::SQLITE_OPEN_URI;
         let uri = format!(
             "file:{}?mode=ro{}",
-            path.display().to_string().replace('?', "%3f").replace('#', "%23"),
+            path.display()
+                .to_string()
+                .replace('?', "%3f")
+                .replace('#', "%23"),
             if immutable { "&immutable=1" } else { "" }
         );
         let conn = Connection::open_with_flags(uri, flags).map_err(db_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(60)).map_err(db_err)?;
-        // Fail now (and fall back) rather than on the first real query.
-        conn.query_row("SELECT count(*) FROM ValidPaths WHERE id < 0", [], |_| Ok(()))
+        conn.busy_timeout(std::time::Duration::from_secs(60))
             .map_err(db_err)?;
+        // Fail now (and fall back) rather than on the first real query.
+        conn.query_row("SELECT count(*) FROM ValidPaths WHERE id < 0", [], |_| {
+            Ok(())
+        })
+        .map_err(db_err)?;
         Ok(Db { conn })
     }
 

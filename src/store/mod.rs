@@ -89,6 +89,14 @@ impl Store {
         })
     }
 
+    /// Whether a Nix DB exists for the store at `root` (a store nothing was
+    /// ever added to has none yet).
+    pub fn exists(root: Option<&Path>) -> bool {
+        root.unwrap_or(Path::new("/"))
+            .join("nix/var/nix/db/db.sqlite")
+            .exists()
+    }
+
     /// The logical store directory (`/nix/store`).
     pub fn store_dir(&self) -> &str {
         &self.store_dir

@@ -6,3 +6,5 @@ mod util;
 
 mod errors;
 mod push;
+mod track;
+mod workload;

@@ -160,3 +160,77 @@ pub fn closure(env: &Env, path: &str) -> Vec<String> {
     v.sort();
     v
 }
+
+/// `../shared` next to the crate: the team's bench workload lives there.
+pub fn shared_dir() -> PathBuf {
+    repo().join("..").join("shared")
+}
+
+/// The shared bench workload, built into the system store.
+pub struct Workload {
+    /// The output closure (`paths-<tag>.txt`).
+    pub outputs: Vec<String>,
+    /// Everything the build added: outputs, `.drv` files, sources (`all-<tag>.txt`).
+    pub all: Vec<String>,
+    /// GC root of the top-level output (`result-<tag>`).
+    pub result: PathBuf,
+}
+
+/// Runs `shared/bench/make-workload.sh` with its lists and GC roots in
+/// `workdir` (its own folder is read-only). Instant when already built.
+pub fn build_workload(workdir: &Path, scale: &str, salt: &str) -> Workload {
+    let script = shared_dir().join("bench").join("make-workload.sh");
+    ok(Command::new(&script)
+        .env("NIX_CONFIG", NIX_CONFIG)
+        .env("WORKDIR", workdir)
+        .env("SCALE", scale)
+        .env("SALT", salt));
+    let tag = format!("{scale}-{salt}");
+    let list = |name: &str| -> Vec<String> {
+        let file = workdir.join(format!("{name}-{tag}.txt"));
+        std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    Workload {
+        outputs: list("paths"),
+        all: list("all"),
+        result: workdir.join(format!("result-{tag}")),
+    }
+}
+
+/// The sha256 (hex) and length of what `cmd` writes to stdout, read as a
+/// stream (never held in memory); panics unless `cmd` succeeds.
+pub fn stdout_sha256(cmd: &mut Command) -> (String, u64) {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let mut stdout = child.stdout.take().expect("piped");
+    let (mut hasher, mut len, mut buf) = (Sha256::new(), 0u64, vec![0u8; 256 * 1024]);
+    loop {
+        let n = match stdout.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => panic!("{cmd:?}: reading stdout: {e}"),
+        };
+        hasher.update(&buf[..n]);
+        len += n as u64;
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{cmd:?} failed:\n{}", show(&out));
+    let hex = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    (hex, len)
+}

@@ -1,0 +1,244 @@
+//! What the network targets (s3://, http(s)://) share: one blocking HTTP
+//! client (rustls), the retrier, bounded parallelism for many small
+//! requests, and the URL shown to the user (never with credentials).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use reqwest::blocking::{Client, RequestBuilder, Response};
+
+use super::retry::{status_error, transport, Attempt, Retrier, RetryPolicy};
+use crate::error::{Error, Result};
+
+/// Existence checks (and other small requests) in flight at once.
+pub const MAX_IN_FLIGHT: usize = 32;
+
+#[derive(Debug)]
+pub struct Net {
+    /// The target's URL as shown in messages.
+    pub url: String,
+    pub client: Client,
+    pub retrier: Retrier,
+}
+
+impl Net {
+    pub fn new(url: String, policy: RetryPolicy) -> Result<Net> {
+        let client = Client::builder()
+            .user_agent(concat!("nixdelta/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(10).min(policy.timeout))
+            .timeout(None)
+            .pool_max_idle_per_host(MAX_IN_FLIGHT)
+            .build()
+            .map_err(|e| Error::cache(&url, format!("HTTP client: {}", e.without_url())))?;
+        Ok(Net {
+            url,
+            client,
+            retrier: Retrier::new(policy),
+        })
+    }
+
+    pub fn err(&self, msg: impl std::fmt::Display) -> Error {
+        Error::cache(&self.url, msg)
+    }
+
+    /// Sends the request `make` builds (again on each attempt), retrying
+    /// transient failures; `handle` turns a response into the result or an
+    /// attempt error (it may read the body: a reset mid-body is retried).
+    pub fn call<T>(
+        &self,
+        method: &'static str,
+        what: &str,
+        body_len: u64,
+        make: impl Fn(&Client) -> RequestBuilder,
+        mut handle: impl FnMut(Response) -> Result<T, Attempt>,
+    ) -> Result<T> {
+        self.retrier
+            .run(method, what, body_len, |timeout| {
+                let resp = make(&self.client)
+                    .timeout(timeout)
+                    .send()
+                    .map_err(transport)?;
+                handle(resp)
+            })
+            .map_err(|msg| self.err(msg))
+    }
+
+    /// HEAD: `Some(size)` when present, `None` on 404.
+    pub fn head(&self, what: &str, make: impl Fn(&Client) -> RequestBuilder) -> Result<Option<u64>> {
+        self.call("HEAD", what, 0, make, |resp| {
+            let status = resp.status();
+            if status.is_success() {
+                Ok(Some(content_length(&resp).unwrap_or(0)))
+            } else if is_absent(status) {
+                Ok(None)
+            } else {
+                Err(status_error(resp))
+            }
+        })
+    }
+
+    /// GET into memory: `None` on 404.
+    pub fn get(&self, what: &str, make: impl Fn(&Client) -> RequestBuilder) -> Result<Option<Vec<u8>>> {
+        self.call("GET", what, 0, make, |resp| {
+            let status = resp.status();
+            if status.is_success() {
+                resp.bytes()
+                    .map(|b| Some(b.to_vec()))
+                    .map_err(|e| transport(e))
+            } else if is_absent(status) {
+                Ok(None)
+            } else {
+                Err(status_error(resp))
+            }
+        })
+    }
+
+    /// A request that must answer 2xx; returns the response body.
+    pub fn send_ok(
+        &self,
+        method: &'static str,
+        what: &str,
+        body_len: u64,
+        make: impl Fn(&Client) -> RequestBuilder,
+    ) -> Result<String> {
+        self.call(method, what, body_len, make, |resp| {
+            if resp.status().is_success() {
+                resp.text().map_err(transport)
+            } else {
+                Err(status_error(resp))
+            }
+        })
+    }
+
+    /// Logs how many requests this target made (and retried).
+    pub fn log_summary(&self) {
+        let stats = &self.retrier.stats;
+        if stats.total() == 0 {
+            return;
+        }
+        if stats.retries.load(Ordering::Relaxed) > 0 {
+            tracing::info!("binary cache {}: {}", self.url, stats.summary());
+        } else {
+            tracing::debug!("binary cache {}: {}", self.url, stats.summary());
+        }
+    }
+}
+
+pub fn content_length(resp: &Response) -> Option<u64> {
+    resp.headers()
+        .get(reqwest::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+fn is_absent(status: reqwest::StatusCode) -> bool {
+    status == reqwest::StatusCode::NOT_FOUND || status == reqwest::StatusCode::GONE
+}
+
+/// `f` over every item, at most `limit` at once, results in order; the
+/// first error wins.
+pub fn parallel_map<I: Sync, T: Send>(
+    items: &[I],
+    limit: usize,
+    f: impl Fn(&I) -> Result<T> + Sync,
+) -> Result<Vec<T>> {
+    if items.len() <= 1 {
+        return items.iter().map(f).collect();
+    }
+    let next = AtomicUsize::new(0);
+    let threads = limit.clamp(1, items.len());
+    let mut results: Vec<Option<Result<T>>> = (0..items.len()).map(|_| None).collect();
+    let chunks: Vec<Vec<(usize, Result<T>)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut out = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= items.len() {
+                            break;
+                        }
+                        let r = f(&items[i]);
+                        let failed = r.is_err();
+                        out.push((i, r));
+                        if failed {
+                            // Others stop taking work too.
+                            next.store(items.len(), Ordering::Relaxed);
+                            break;
+                        }
+                    }
+                    out
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("worker panicked"))
+            .collect()
+    });
+    for (i, r) in chunks.into_iter().flatten() {
+        results[i] = Some(r);
+    }
+    if let Some(e) = results.iter_mut().find_map(|r| match r {
+        Some(Err(_)) => r.take(),
+        _ => None,
+    }) {
+        return Err(e.err().expect("an error"));
+    }
+    Ok(results
+        .into_iter()
+        .map(|r| match r {
+            Some(Ok(v)) => v,
+            _ => unreachable!("every item done when none failed"),
+        })
+        .collect())
+}
+
+/// `scheme://host[:port]/path` without user info, query or fragment.
+pub fn display_url(url: &url::Url) -> String {
+    let mut u = url.clone();
+    let _ = u.set_username("");
+    let _ = u.set_password(None);
+    u.set_query(None);
+    u.set_fragment(None);
+    u.to_string().trim_end_matches('/').to_string()
+}
+
+/// Content types Nix's own binary caches use.
+pub fn content_type(rel: &str) -> &'static str {
+    if rel.ends_with(".narinfo") {
+        "text/x-nix-narinfo"
+    } else if rel == "nix-cache-info" {
+        "text/x-nix-cache-info"
+    } else if rel.starts_with("nar/") {
+        "application/x-nix-nar"
+    } else {
+        "application/octet-stream"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parallel_map_keeps_order_and_fails() {
+        let v: Vec<u32> = (0..100).collect();
+        let r = parallel_map(&v, 8, |x| Ok(x * 2)).unwrap();
+        assert_eq!(r, v.iter().map(|x| x * 2).collect::<Vec<_>>());
+        let e = parallel_map(&v, 8, |x| {
+            if *x == 50 {
+                Err(Error::cache("u", "boom"))
+            } else {
+                Ok(*x)
+            }
+        });
+        assert!(e.is_err());
+    }
+
+    #[test]
+    fn display_url_drops_secrets() {
+        let u = url::Url::parse("https://me:secret@host:8080/cache/?token=x").unwrap();
+        assert_eq!(display_url(&u), "https://host:8080/cache");
+    }
+}

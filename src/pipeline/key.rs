@@ -1,0 +1,292 @@
+//! The cache key of a store archive:
+//! `nixdelta-v<format>-<system>-<sha256 of the key files>`.
+//!
+//! Key files default to `flake.lock`; several files and globs may be given.
+//! A flake with no inputs has no `flake.lock`: then `flake.nix` is used, and
+//! the key says so in [`CacheKey::notes`]. Restore tries the exact key, then
+//! each restore prefix (default: the key without its hash, i.e. the newest
+//! archive of the same format and system).
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest as _, Sha256};
+
+use crate::archive::FORMAT_VERSION;
+use crate::error::{Error, Result};
+
+/// The default key file.
+pub const DEFAULT_KEY_FILE: &str = "flake.lock";
+
+/// A computed cache key and where it came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheKey {
+    /// `nixdelta-v1-x86_64-linux-<64 hex chars>`.
+    pub key: String,
+    /// Restore prefixes, most specific first (the key itself is tried before).
+    pub restore_prefixes: Vec<String>,
+    /// The files hashed, in hashing order, relative to the base directory.
+    pub files: Vec<PathBuf>,
+    /// Things the user should know (fallbacks taken).
+    pub notes: Vec<String>,
+}
+
+/// The part of every key before the hash: `nixdelta-v<format>-<system>-`.
+pub fn key_prefix(system: &str) -> String {
+    format!("nixdelta-v{FORMAT_VERSION}-{system}-")
+}
+
+/// The Nix system double of this machine (`x86_64-linux`), as Nix's
+/// `builtins.currentSystem` names it on the common platforms.
+pub fn current_system() -> String {
+    let arch = match std::env::consts::ARCH {
+        "x86" => "i686",
+        "arm" => "armv7l",
+        a => a,
+    };
+    let os = match std::env::consts::OS {
+        "macos" => "darwin",
+        o => o,
+    };
+    format!("{arch}-{os}")
+}
+
+/// Computes the key from `patterns` (files or globs, relative to `base`;
+/// empty means `flake.lock`). Every pattern must match at least one file,
+/// except the default `flake.lock`, which falls back to `flake.nix`.
+/// `extra_prefixes` (`--restore-prefix`) are tried in order before the
+/// default prefix.
+pub fn compute(
+    base: &Path,
+    patterns: &[String],
+    system: &str,
+    extra_prefixes: &[String],
+) -> Result<CacheKey> {
+    let mut notes = Vec::new();
+    let mut files: Vec<PathBuf> = Vec::new();
+    if patterns.is_empty() {
+        let lock = base.join(DEFAULT_KEY_FILE);
+        if lock.is_file() {
+            check_flake_lock(&lock)?;
+            files.push(PathBuf::from(DEFAULT_KEY_FILE));
+        } else if base.join("flake.nix").is_file() {
+            notes.push(format!(
+                "no {DEFAULT_KEY_FILE} in {}: keyed by flake.nix instead (a flake with no inputs)",
+                base.display()
+            ));
+            files.push(PathBuf::from("flake.nix"));
+        } else {
+            return Err(Error::Input {
+                path: lock,
+                msg: "no such file (and no flake.nix to fall back to); pass --key-file".into(),
+            });
+        }
+    } else {
+        for pat in patterns {
+            let matched = expand(base, pat)?;
+            if matched.is_empty() {
+                return Err(Error::Input {
+                    path: base.join(pat),
+                    msg: "key file pattern matches no file".into(),
+                });
+            }
+            for m in matched {
+                if m.file_name().and_then(|n| n.to_str()) == Some(DEFAULT_KEY_FILE) {
+                    check_flake_lock(&base.join(&m))?;
+                }
+                if !files.contains(&m) {
+                    files.push(m);
+                }
+            }
+        }
+    }
+    files.sort();
+    let mut h = Sha256::new();
+    for f in &files {
+        let full = base.join(f);
+        let data = std::fs::read(&full).map_err(|e| Error::Input {
+            path: full.clone(),
+            msg: format!("cannot read: {e}"),
+        })?;
+        // Name and length framed, so moving bytes between files changes the key.
+        let name = f.to_string_lossy();
+        h.update((name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        h.update((data.len() as u64).to_le_bytes());
+        h.update(&data);
+    }
+    let digest: [u8; 32] = h.finalize().into();
+    let hex = crate::nix::Sha256Hash(digest).to_hex();
+    let prefix = key_prefix(system);
+    let mut restore_prefixes: Vec<String> = extra_prefixes.to_vec();
+    if !restore_prefixes.contains(&prefix) {
+        restore_prefixes.push(prefix.clone());
+    }
+    Ok(CacheKey {
+        key: format!("{prefix}{hex}"),
+        restore_prefixes,
+        files,
+        notes,
+    })
+}
+
+/// Files matching `pat` under `base`, relative to `base`, sorted.
+fn expand(base: &Path, pat: &str) -> Result<Vec<PathBuf>> {
+    let is_glob = pat.contains(['*', '?', '[']);
+    if !is_glob {
+        let p = Path::new(pat);
+        let full = base.join(p);
+        return Ok(if full.is_file() {
+            vec![p.to_path_buf()]
+        } else {
+            vec![]
+        });
+    }
+    let full = base.join(pat);
+    let full_s = full.to_string_lossy();
+    let entries = glob::glob(&full_s).map_err(|e| Error::Input {
+        path: PathBuf::from(pat),
+        msg: format!("bad glob pattern: {e}"),
+    })?;
+    let mut out = Vec::new();
+    for e in entries {
+        let p = e.map_err(|e| Error::Input {
+            path: e.path().to_path_buf(),
+            msg: format!("cannot read: {}", e.error()),
+        })?;
+        if p.is_file() {
+            out.push(p.strip_prefix(base).map(Path::to_path_buf).unwrap_or(p));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// A `flake.lock` must be JSON with `nodes` (object), `root` (string) and
+/// `version` (number): a malformed one would give a key nobody else computes.
+pub fn check_flake_lock(path: &Path) -> Result<()> {
+    let bad = |msg: String| Error::Input {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let text = std::fs::read(path).map_err(|e| bad(format!("cannot read: {e}")))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| bad("not a flake lock file: expected a JSON object".into()))?;
+    if !obj.get("nodes").is_some_and(|n| n.is_object()) {
+        return Err(bad(
+            "not a flake lock file: missing object \"nodes\"".into(),
+        ));
+    }
+    if !obj.get("root").is_some_and(|n| n.is_string()) {
+        return Err(bad("not a flake lock file: missing string \"root\"".into()));
+    }
+    if !obj.get("version").is_some_and(|n| n.is_u64()) {
+        return Err(bad(
+            "not a flake lock file: missing number \"version\"".into(),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::exit;
+
+    const LOCK: &str = r#"{"nodes":{"root":{}},"root":"root","version":7}"#;
+
+    fn dir_with(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        for (n, c) in files {
+            let p = d.path().join(n);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, c).unwrap();
+        }
+        d
+    }
+
+    #[test]
+    fn default_key_from_flake_lock() {
+        let d = dir_with(&[("flake.lock", LOCK), ("flake.nix", "{}")]);
+        let k = compute(d.path(), &[], "x86_64-linux", &[]).unwrap();
+        assert!(k.key.starts_with("nixdelta-v1-x86_64-linux-"), "{}", k.key);
+        assert_eq!(k.key.len(), "nixdelta-v1-x86_64-linux-".len() + 64);
+        assert_eq!(k.files, vec![PathBuf::from("flake.lock")]);
+        assert_eq!(k.restore_prefixes, vec!["nixdelta-v1-x86_64-linux-"]);
+        assert!(k.notes.is_empty());
+        // Deterministic, and sensitive to content and system.
+        assert_eq!(k, compute(d.path(), &[], "x86_64-linux", &[]).unwrap());
+        let k2 = compute(d.path(), &[], "aarch64-linux", &[]).unwrap();
+        assert!(k2.key.starts_with("nixdelta-v1-aarch64-linux-"));
+        std::fs::write(
+            d.path().join("flake.lock"),
+            LOCK.replace("\"version\":7", "\"version\":7 "),
+        )
+        .unwrap();
+        let k3 = compute(d.path(), &[], "x86_64-linux", &[]).unwrap();
+        assert_ne!(k.key, k3.key);
+    }
+
+    #[test]
+    fn missing_lock_falls_back_to_flake_nix() {
+        let d = dir_with(&[("flake.nix", "{ outputs = _: {}; }")]);
+        let k = compute(d.path(), &[], "x86_64-linux", &[]).unwrap();
+        assert_eq!(k.files, vec![PathBuf::from("flake.nix")]);
+        assert!(k.notes[0].contains("flake.nix"), "{:?}", k.notes);
+        let empty = tempfile::tempdir().unwrap();
+        let e = compute(empty.path(), &[], "x86_64-linux", &[]).unwrap_err();
+        assert_eq!(e.exit_code(), exit::INPUT);
+    }
+
+    #[test]
+    fn malformed_lock_is_an_input_error() {
+        for bad in ["not json", "[]", r#"{"nodes":{},"root":"root"}"#, r#"{"root":"r","version":7}"#] {
+            let d = dir_with(&[("flake.lock", bad)]);
+            let e = compute(d.path(), &[], "x86_64-linux", &[]).unwrap_err();
+            assert_eq!(e.exit_code(), exit::INPUT, "{bad}: {e}");
+            assert!(e.to_string().contains("flake.lock"), "{e}");
+        }
+    }
+
+    #[test]
+    fn several_files_and_globs() {
+        let d = dir_with(&[
+            ("flake.lock", LOCK),
+            ("a/x.nix", "x"),
+            ("a/y.nix", "y"),
+            ("a/z.txt", "z"),
+        ]);
+        let pats = vec!["flake.lock".to_string(), "a/*.nix".to_string()];
+        let k = compute(d.path(), &pats, "x86_64-linux", &["mine-".into()]).unwrap();
+        assert_eq!(
+            k.files,
+            vec![
+                PathBuf::from("a/x.nix"),
+                PathBuf::from("a/y.nix"),
+                PathBuf::from("flake.lock")
+            ]
+        );
+        assert_eq!(
+            k.restore_prefixes,
+            vec!["mine-".to_string(), "nixdelta-v1-x86_64-linux-".to_string()]
+        );
+        // Order of patterns does not matter.
+        let rev = vec!["a/*.nix".to_string(), "flake.lock".to_string()];
+        assert_eq!(
+            compute(d.path(), &rev, "x86_64-linux", &[]).unwrap().key,
+            k.key
+        );
+        let e = compute(d.path(), &["nope/*.lock".into()], "x86_64-linux", &[]).unwrap_err();
+        assert_eq!(e.exit_code(), exit::INPUT);
+        let e = compute(d.path(), &["missing.lock".into()], "x86_64-linux", &[]).unwrap_err();
+        assert_eq!(e.exit_code(), exit::INPUT);
+    }
+
+    #[test]
+    fn system_double() {
+        let s = current_system();
+        assert!(s.contains('-'), "{s}");
+    }
+}
