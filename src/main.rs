@@ -1,6 +1,7 @@
 //! The `nixdelta` command line. Each subcommand is a thin layer over the
 //! library; errors end as one line on stderr and a documented exit code.
 
+mod ci;
 mod cmd;
 
 use std::path::PathBuf;
@@ -25,6 +26,15 @@ struct Cli {
     /// More output (-v: debug, -vv: trace).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// netrc file with credentials for http(s):// caches, as Nix's
+    /// `netrc-file` (default: /etc/nix/netrc when present).
+    #[arg(long, global = true, value_name = "FILE", env = "NIXDELTA_NETRC_FILE")]
+    netrc_file: Option<PathBuf>,
+    /// Speak this CI's conventions and read its inputs (`INPUT_*`,
+    /// `BUILDKITE_PLUGIN_NIXDELTA_*`, `NIXDELTA_INPUT_*`) as options of
+    /// start/finish/run; set by the GitHub Action, Buildkite plugin and GitLab template.
+    #[arg(long, global = true, value_name = "CI", env = "NIXDELTA_CI")]
+    ci: Option<ci::Kind>,
     #[command(subcommand)]
     command: Command,
 }
@@ -50,22 +60,26 @@ enum Command {
         #[arg(required = true, value_name = "PATH")]
         paths: Vec<String>,
     },
-    /// Record where the store stands, for `finish`.
+    /// Restore the store archive (with --archive), then record where the store stands, for `finish`.
     Start {
         #[command(flatten)]
-        state: cmd::track::StateArgs,
+        args: cmd::track::StartArgs,
     },
-    /// Push what was realised since `start` (the store diff), filtered.
+    /// Push what was realised since `start` (the store diff), filtered; save the archive on a key miss.
     Finish {
         #[command(flatten)]
         state: cmd::track::StateArgs,
         #[command(flatten)]
         args: cmd::track::FinishArgs,
+        #[command(flatten)]
+        archive: cmd::track::ArchiveArgs,
     },
     /// start, run COMMAND, finish (also when it fails); exits with its code.
     Run {
         #[command(flatten)]
         args: cmd::track::FinishArgs,
+        #[command(flatten)]
+        archive: cmd::track::ArchiveArgs,
         /// The command and its arguments, after `--`.
         #[arg(last = true, required = true, value_name = "COMMAND")]
         command: Vec<String>,
@@ -75,21 +89,58 @@ enum Command {
         #[command(subcommand)]
         cmd: cmd::archive::ArchiveCommand,
     },
+    /// Check a binary cache: narinfos, NARs, references, signatures.
+    Verify {
+        #[command(flatten)]
+        args: cmd::verify::VerifyArgs,
+    },
     /// Write the NAR of a store path to stdout (as `nix-store --dump`).
     #[command(hide = true)]
     Nar { path: PathBuf },
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match with_ci_inputs(Cli::parse()) {
+        Ok(cli) => cli,
+        Err(e) => {
+            eprintln!("nixdelta: error: {e}");
+            return ExitCode::from(e.exit_code() as u8);
+        }
+    };
     init_logging(cli.verbose);
+    nixdelta::cache::set_defaults(nixdelta::cache::CacheOptions {
+        netrc_file: cli.netrc_file.clone(),
+        retry: nixdelta::cache::retry::RetryPolicy::from_env(),
+    });
     match run(cli) {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
-            eprintln!("nixdelta: error: {e}");
+            let prefix = ci::frontend().error_prefix();
+            eprintln!("{prefix}nixdelta: error: {e}");
             ExitCode::from(e.exit_code() as u8)
         }
     }
+}
+
+/// With `--ci`, the CI's inputs become options of start/finish/run: the
+/// command line is parsed again with them added (see `ci::init`).
+fn with_ci_inputs(cli: Cli) -> Result<Cli> {
+    let step = match cli.command {
+        Command::Start { .. } => Some(ci::Step::Start),
+        Command::Finish { .. } => Some(ci::Step::Finish),
+        Command::Run { .. } => Some(ci::Step::Run),
+        _ => None,
+    };
+    let Some(kind) = cli.ci else {
+        return Ok(cli);
+    };
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let n = argv.len();
+    let argv = ci::init(kind, step, argv)?;
+    if argv.len() == n {
+        return Ok(cli);
+    }
+    Ok(Cli::try_parse_from(argv).unwrap_or_else(|e| e.exit()))
 }
 
 fn init_logging(verbose: u8) {
@@ -122,14 +173,14 @@ where
         mut w: tracing_subscriber::fmt::format::Writer<'_>,
         event: &tracing::Event<'_>,
     ) -> std::fmt::Result {
-        let level = match *event.metadata().level() {
-            tracing::Level::ERROR => "error: ",
-            tracing::Level::WARN => "warning: ",
-            tracing::Level::INFO => "",
-            tracing::Level::DEBUG => "debug: ",
-            tracing::Level::TRACE => "trace: ",
+        let (ci, level) = match *event.metadata().level() {
+            tracing::Level::ERROR => (ci::frontend().error_prefix(), "error: "),
+            tracing::Level::WARN => (ci::frontend().warning_prefix(), "warning: "),
+            tracing::Level::INFO => ("", ""),
+            tracing::Level::DEBUG => ("", "debug: "),
+            tracing::Level::TRACE => ("", "trace: "),
         };
-        write!(w, "nixdelta: {level}")?;
+        write!(w, "{ci}nixdelta: {level}")?;
         ctx.field_format().format_fields(w.by_ref(), event)?;
         writeln!(w)
     }
@@ -142,10 +193,19 @@ fn run(cli: Cli) -> Result<i32> {
             let store = Store::open(cli.store.as_deref())?;
             cmd::push::push_cmd(&store, &args, &paths)
         }
-        Command::Start { state } => cmd::track::start(cli.store.as_deref(), &state),
-        Command::Finish { state, args } => cmd::track::finish(cli.store.as_deref(), &state, &args),
-        Command::Run { args, command } => cmd::track::run(cli.store.as_deref(), &args, &command),
+        Command::Start { args } => cmd::track::start(cli.store.as_deref(), &args),
+        Command::Finish {
+            state,
+            args,
+            archive,
+        } => cmd::track::finish(cli.store.as_deref(), &state, &args, &archive),
+        Command::Run {
+            args,
+            archive,
+            command,
+        } => cmd::track::run(cli.store.as_deref(), &args, &archive, &command),
         Command::Archive { cmd } => cmd::archive::run(cli.store.as_deref(), cmd),
+        Command::Verify { args } => cmd::verify::verify_cmd(&args),
         Command::Nar { path } => {
             let stdout = std::io::stdout();
             let mut lock = stdout.lock();

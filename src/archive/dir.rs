@@ -106,7 +106,11 @@ impl DirBackend {
                 continue;
             }
             if let Ok(m) = e.metadata() {
-                out.push((key.to_string(), m.len(), m.modified().unwrap_or(SystemTime::UNIX_EPOCH)));
+                out.push((
+                    key.to_string(),
+                    m.len(),
+                    m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                ));
             }
         }
         Ok(out)
@@ -276,12 +280,26 @@ mod tests {
         let spec = format!("{}?max-size=25", d.path().display());
         let b = DirBackend::new(spec.as_ref(), false).unwrap();
         assert_eq!(b.lookup("p-1", &["p-".into()]).unwrap(), None);
-        assert_eq!(save_bytes(&b, "p-1", b"0123456789"), SaveOutcome::Saved { bytes: 10 });
+        assert_eq!(
+            save_bytes(&b, "p-1", b"0123456789"),
+            SaveOutcome::Saved { bytes: 10 }
+        );
         assert_eq!(save_bytes(&b, "p-1", b"other"), SaveOutcome::Exists);
         let old = SystemTime::now() - Duration::from_secs(100);
-        File::options().write(true).open(b.file("p-1")).unwrap().set_modified(old).unwrap();
-        assert_eq!(save_bytes(&b, "p-2", b"0123456789"), SaveOutcome::Saved { bytes: 10 });
-        let f = b.lookup("p-3", &["q-".into(), "p-".into()]).unwrap().unwrap();
+        File::options()
+            .write(true)
+            .open(b.file("p-1"))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        assert_eq!(
+            save_bytes(&b, "p-2", b"0123456789"),
+            SaveOutcome::Saved { bytes: 10 }
+        );
+        let f = b
+            .lookup("p-3", &["q-".into(), "p-".into()])
+            .unwrap()
+            .unwrap();
         assert_eq!(f.key, "p-2", "newest under the first prefix that matches");
         let f = b.lookup("p-1", &["p-".into()]).unwrap().unwrap();
         assert_eq!(f.key, "p-1");
@@ -289,7 +307,10 @@ mod tests {
         b.open(&f).unwrap().read_to_string(&mut s).unwrap();
         assert_eq!(s, "0123456789");
         // p-1 was just used: p-2 is now the least recently used.
-        assert_eq!(save_bytes(&b, "p-3", b"0123456789"), SaveOutcome::Saved { bytes: 10 });
+        assert_eq!(
+            save_bytes(&b, "p-3", b"0123456789"),
+            SaveOutcome::Saved { bytes: 10 }
+        );
         let mut keys: Vec<String> = b.list().unwrap().into_iter().map(|x| x.0).collect();
         keys.sort();
         assert_eq!(keys, vec!["p-1", "p-3"]);

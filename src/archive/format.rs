@@ -7,6 +7,7 @@
 //! flags                       u32 LE (0)
 //! manifest length             u64 LE
 //! manifest                    JSON (Manifest), that many bytes
+//! sha256 of the manifest      32 bytes
 //! NAR of paths[0] … paths[n-1]   exactly narSize bytes each, in manifest
 //!                             order: every path after its references
 //! "nixdelta-archive-end"      20 bytes, then the end of the stream
@@ -123,7 +124,8 @@ pub fn write_header<W: Write>(out: &mut W, manifest: &Manifest) -> io::Result<()
     out.write_all(&FORMAT_VERSION.to_le_bytes())?;
     out.write_all(&0u32.to_le_bytes())?;
     out.write_all(&(json.len() as u64).to_le_bytes())?;
-    out.write_all(&json)
+    out.write_all(&json)?;
+    out.write_all(&Sha256Hash::digest(&json).0)
 }
 
 pub fn write_trailer<W: Write>(out: &mut W) -> io::Result<()> {
@@ -184,12 +186,23 @@ pub fn read_header<R: Read>(src: &mut R, what: &str) -> Result<Manifest> {
     }
     let len = u64::from_le_bytes(head[24..32].try_into().unwrap());
     if len > MAX_MANIFEST {
-        return Err(input_err(what, format!("manifest of {len} bytes is too large")));
+        return Err(input_err(
+            what,
+            format!("manifest of {len} bytes is too large"),
+        ));
     }
     let mut json = vec![0u8; len as usize];
     src.read_exact(&mut json).map_err(|e| read_err(what, e))?;
-    let m: Manifest = serde_json::from_slice(&json)
-        .map_err(|e| input_err(what, format!("bad manifest: {e}")))?;
+    let mut sum = [0u8; 32];
+    src.read_exact(&mut sum).map_err(|e| read_err(what, e))?;
+    if Sha256Hash::digest(&json).0 != sum {
+        return Err(input_err(
+            what,
+            "archive is corrupt: the manifest's checksum does not match",
+        ));
+    }
+    let m: Manifest =
+        serde_json::from_slice(&json).map_err(|e| input_err(what, format!("bad manifest: {e}")))?;
     Ok(m)
 }
 
@@ -199,7 +212,10 @@ pub fn read_trailer<R: Read>(src: &mut R, what: &str) -> Result<()> {
     let mut end = [0u8; 20];
     src.read_exact(&mut end).map_err(|e| read_err(what, e))?;
     if &end != END_MAGIC {
-        return Err(input_err(what, "bad end marker (NAR sizes disagree with the manifest)"));
+        return Err(input_err(
+            what,
+            "archive is corrupt: bad end marker (NAR sizes disagree with the manifest)",
+        ));
     }
     let mut extra = [0u8; 1];
     match src.read(&mut extra) {
@@ -248,7 +264,10 @@ pub fn reference_order(mut infos: Vec<PathInfo>) -> Vec<PathInfo> {
         }
     }
     let mut slots: Vec<Option<PathInfo>> = infos.into_iter().map(Some).collect();
-    order.into_iter().map(|i| slots[i].take().unwrap()).collect()
+    order
+        .into_iter()
+        .map(|i| slots[i].take().unwrap())
+        .collect()
 }
 
 #[cfg(test)]
@@ -308,6 +327,9 @@ mod tests {
         let e = read_header(&mut &buf[..40], "t").unwrap_err();
         assert!(e.to_string().contains("truncated"), "{e}");
         let e = read_header(&mut &b"garbage garbage garbage garbage garbage"[..], "t").unwrap_err();
-        assert!(e.to_string().contains("not a nixdelta store archive"), "{e}");
+        assert!(
+            e.to_string().contains("not a nixdelta store archive"),
+            "{e}"
+        );
     }
 }

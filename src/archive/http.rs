@@ -14,6 +14,15 @@ use reqwest::blocking::{Client, RequestBuilder, Response};
 /// Attempts per request.
 pub const ATTEMPTS: u32 = 5;
 
+/// Transfer chunk (upload block, download range): 8 MiB, or
+/// `$NIXDELTA_HTTP_CHUNK_SIZE` bytes (at least 1 KiB; tests use small ones).
+pub fn chunk_size() -> usize {
+    std::env::var("NIXDELTA_HTTP_CHUNK_SIZE")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .map_or(8 << 20, |n| n.max(1024))
+}
+
 pub fn client() -> Client {
     Client::builder()
         .connect_timeout(Duration::from_secs(20))
@@ -70,7 +79,11 @@ pub fn check(what: &str, r: Response) -> Result<Response, String> {
 pub fn snippet(body: &str) -> String {
     let b = body.trim();
     if b.len() > 300 {
-        format!("{}…", &b[..b.floor_char_boundary(300)])
+        let mut end = 300;
+        while !b.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}…", &b[..end])
     } else {
         b.to_string()
     }
@@ -199,10 +212,13 @@ impl Drop for ChunkedUpload {
 /// Fetches bytes `start..=end` of the object.
 pub type GetRange = dyn Fn(u64, u64) -> Result<Vec<u8>, String> + Send + Sync;
 
+/// A range to fetch and where its bytes go.
+type RangeJob = (u64, u64, Sender<Result<Vec<u8>, String>>);
+
 /// Reads an object of `total` bytes in chunks fetched by `parallel`
 /// threads, delivered in order; at most `2 × parallel` chunks in memory.
 pub struct RangedReader {
-    jobs: Option<Sender<(u64, u64, Sender<Result<Vec<u8>, String>>)>>,
+    jobs: Option<Sender<RangeJob>>,
     pending: VecDeque<Receiver<Result<Vec<u8>, String>>>,
     next_start: u64,
     total: u64,
@@ -222,8 +238,7 @@ impl RangedReader {
         get: Arc<GetRange>,
     ) -> RangedReader {
         let parallel = parallel.max(1);
-        let (jobs_tx, jobs_rx) =
-            bounded::<(u64, u64, Sender<Result<Vec<u8>, String>>)>(parallel * 2);
+        let (jobs_tx, jobs_rx) = bounded::<RangeJob>(parallel * 2);
         for _ in 0..parallel {
             let rx = jobs_rx.clone();
             let get = get.clone();
@@ -341,7 +356,8 @@ pub fn download(
         })?;
         let mut r = check(&what_s, r)?;
         let mut v = Vec::with_capacity((end - start + 1) as usize);
-        r.read_to_end(&mut v).map_err(|e| format!("{what_s}: {e}"))?;
+        r.read_to_end(&mut v)
+            .map_err(|e| format!("{what_s}: {e}"))?;
         if v.len() as u64 != end - start + 1 {
             return Err(format!(
                 "{what_s}: range {start}-{end} returned {} bytes",
@@ -350,7 +366,13 @@ pub fn download(
         }
         Ok(v)
     });
-    Ok(Box::new(RangedReader::new(total, chunk, parallel, Some(data), get)))
+    Ok(Box::new(RangedReader::new(
+        total,
+        chunk,
+        parallel,
+        Some(data),
+        get,
+    )))
 }
 
 #[cfg(test)]
@@ -359,7 +381,8 @@ mod tests {
 
     #[test]
     fn chunked_upload_reassembles() {
-        let got: Arc<Mutex<Vec<(usize, u64, Vec<u8>)>>> = Arc::default();
+        type Chunks = Arc<Mutex<Vec<(usize, u64, Vec<u8>)>>>;
+        let got: Chunks = Arc::default();
         let g = got.clone();
         let mut up = ChunkedUpload::new(
             7,
@@ -381,7 +404,11 @@ mod tests {
 
     #[test]
     fn chunked_upload_reports_failures() {
-        let mut up = ChunkedUpload::new(4, 2, Arc::new(|i, _, _| if i == 2 { Err("nope".into()) } else { Ok(()) }));
+        let mut up = ChunkedUpload::new(
+            4,
+            2,
+            Arc::new(|i, _, _| if i == 2 { Err("nope".into()) } else { Ok(()) }),
+        );
         let _ = up.write_all(&[0u8; 64]);
         assert_eq!(up.finish().unwrap_err(), "nope");
     }

@@ -54,7 +54,9 @@ impl std::str::FromStr for ImportMethod {
             "auto" => Ok(Self::Auto),
             "direct" => Ok(Self::Direct),
             "import" => Ok(Self::Import),
-            _ => Err(format!("unknown import method {s:?} (auto, direct, import)")),
+            _ => Err(format!(
+                "unknown import method {s:?} (auto, direct, import)"
+            )),
         }
     }
 }
@@ -192,7 +194,10 @@ pub fn import<R: Read>(
     let entries: Vec<ParsedEntry> = manifest
         .paths
         .iter()
-        .map(|e| e.parse().map_err(|m| input_err(what, format!("bad manifest entry {}: {m}", e.path))))
+        .map(|e| {
+            e.parse()
+                .map_err(|m| input_err(what, format!("bad manifest entry {}: {m}", e.path)))
+        })
         .collect::<Result<_>>()?;
     let actions = plan(store, &entries, what)?;
     let method = resolve_method(store, opts.method);
@@ -218,14 +223,20 @@ pub fn import<R: Read>(
     };
     stats.added = added;
     stats.nar_bytes_added = bytes;
-    tracing::debug!("{what}: imported {added} paths in {:.2}s", t.elapsed().as_secs_f64());
+    tracing::debug!(
+        "{what}: imported {added} paths in {:.2}s",
+        t.elapsed().as_secs_f64()
+    );
     Ok(stats)
 }
 
 /// Decides per entry; checks the manifest is in reference order.
 fn plan(store: &Store, entries: &[ParsedEntry], what: &str) -> Result<Vec<Action>> {
-    let in_archive: HashMap<&StorePath, usize> =
-        entries.iter().enumerate().map(|(i, e)| (&e.path, i)).collect();
+    let in_archive: HashMap<&StorePath, usize> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (&e.path, i))
+        .collect();
     if in_archive.len() != entries.len() {
         return Err(input_err(what, "manifest lists a path twice"));
     }
@@ -267,7 +278,10 @@ fn plan(store: &Store, entries: &[ParsedEntry], what: &str) -> Result<Vec<Action
                 Some(_) => {
                     return Err(input_err(
                         what,
-                        format!("manifest is not in reference order: {} before its reference {r}", e.path),
+                        format!(
+                            "manifest is not in reference order: {} before its reference {r}",
+                            e.path
+                        ),
                     ))
                 }
                 None => ok &= valid.contains(r),
@@ -305,7 +319,7 @@ impl<R: Read> Read for HashingReader<R> {
 
 fn mismatch(e: &ParsedEntry, got: Sha256Hash, store_dir: &str) -> String {
     format!(
-        "NAR of {} does not match the manifest: hash {got}, expected {}",
+        "archive is corrupt: NAR of {} does not match the manifest: hash {got}, expected {}",
         e.path.to_absolute(store_dir),
         e.nar_hash
     )
@@ -373,7 +387,9 @@ fn direct<R: Read>(
         store,
         entries,
         results: HashMap::new(),
-        order: (0..entries.len()).filter(|&i| actions[i] == Action::Import).collect(),
+        order: (0..entries.len())
+            .filter(|&i| actions[i] == Action::Import)
+            .collect(),
         next: 0,
         added: 0,
         bytes: 0,
@@ -405,12 +421,24 @@ fn direct<R: Read>(
                 if e.nar_size <= SMALL_NAR {
                     let mut buf = vec![0u8; e.nar_size as usize];
                     src.read_exact(&mut buf).map_err(|e| read_err(what, e))?;
-                    if job_tx.send(Job { idx: i, body: Body::Whole(buf) }).is_err() {
+                    if job_tx
+                        .send(Job {
+                            idx: i,
+                            body: Body::Whole(buf),
+                        })
+                        .is_err()
+                    {
                         return Ok(());
                     }
                 } else {
                     let (tx, rx) = bounded::<Vec<u8>>(4);
-                    if job_tx.send(Job { idx: i, body: Body::Stream(rx) }).is_err() {
+                    if job_tx
+                        .send(Job {
+                            idx: i,
+                            body: Body::Stream(rx),
+                        })
+                        .is_err()
+                    {
                         return Ok(());
                     }
                     let mut left = e.nar_size;
@@ -512,7 +540,10 @@ impl Registrar<'_> {
     }
 
     fn register(&self, batch: &[usize], what: &str) -> Result<()> {
-        let paths: Vec<StorePath> = batch.iter().map(|&i| self.entries[i].path.clone()).collect();
+        let paths: Vec<StorePath> = batch
+            .iter()
+            .map(|&i| self.entries[i].path.clone())
+            .collect();
         // A concurrent job may have registered some meanwhile: skip those
         // (`--load-db` would overwrite their signatures).
         let valid = self.store.path_infos(&paths)?;
@@ -545,9 +576,8 @@ impl Registrar<'_> {
         }
         let mut cmd = nix_command(self.l, "nix-store");
         cmd.arg("--load-db");
-        run_with_stdin(cmd, text.as_bytes()).map_err(|e| {
-            Error::Store(format!("store archive {what}: registering paths: {e}"))
-        })
+        run_with_stdin(cmd, text.as_bytes())
+            .map_err(|e| Error::Store(format!("store archive {what}: registering paths: {e}")))
     }
 
     fn first_error(&self) -> Option<String> {
@@ -607,17 +637,30 @@ fn unpack_one(
     let r = (|| -> std::result::Result<Placed, String> {
         let reader: Box<dyn Read> = match body {
             Body::Whole(v) => Box::new(io::Cursor::new(v)),
-            Body::Stream(rx) => Box::new(ChunkReader { rx, cur: Vec::new(), pos: 0 }),
+            Body::Stream(rx) => Box::new(ChunkReader {
+                rx,
+                cur: Vec::new(),
+                pos: 0,
+            }),
         };
-        let mut hr = HashingReader { inner: reader, hash: Sha256::new(), n: 0 };
+        let mut hr = HashingReader {
+            inner: reader,
+            hash: Sha256::new(),
+            n: 0,
+        };
         let abs = e.path.to_absolute(store_dir);
-        nar_unpack::unpack(&mut hr, &tmp, UnpackOptions { canonicalise: true })
-            .map_err(|err| format!("NAR of {abs}: {err}"))?;
+        nar_unpack::unpack(&mut hr, &tmp, UnpackOptions { canonicalise: true }).map_err(|err| {
+            if err.kind() == io::ErrorKind::InvalidData {
+                format!("archive is corrupt: NAR of {abs}: {err}")
+            } else {
+                format!("unpacking {abs}: {err}")
+            }
+        })?;
         // Whatever the NAR did not use still counts (and must not exist).
         io::copy(&mut hr, &mut io::sink()).map_err(|err| err.to_string())?;
         if hr.n != e.nar_size {
             return Err(format!(
-                "NAR of {abs} has {} bytes, the manifest says {}",
+                "archive is corrupt: NAR of {abs} has {} bytes, the manifest says {}",
                 hr.n, e.nar_size
             ));
         }
@@ -686,7 +729,10 @@ impl PathLock {
                 return Err(io::Error::last_os_error());
             }
             if file.metadata()?.len() == 0 {
-                return Ok(PathLock { path: lock_path, file });
+                return Ok(PathLock {
+                    path: lock_path,
+                    file,
+                });
             }
         }
     }
@@ -768,7 +814,8 @@ fn via_import<R: Read>(
             let mut left = e.nar_size;
             while left > 0 {
                 let n = left.min(CHUNK as u64) as usize;
-                src.read_exact(&mut buf[..n]).map_err(|e| read_err(what, e))?;
+                src.read_exact(&mut buf[..n])
+                    .map_err(|e| read_err(what, e))?;
                 h.update(&buf[..n]);
                 stdin.write_all(&buf[..n]).map_err(pipe_err)?;
                 left -= n as u64;
@@ -789,7 +836,10 @@ fn via_import<R: Read>(
             }
             nix_str(
                 &mut meta,
-                &e.deriver.as_ref().map(|d| d.to_absolute(store_dir)).unwrap_or_default(),
+                &e.deriver
+                    .as_ref()
+                    .map(|d| d.to_absolute(store_dir))
+                    .unwrap_or_default(),
             );
             meta.extend_from_slice(&0u64.to_le_bytes());
             stdin.write_all(&meta).map_err(pipe_err)

@@ -191,7 +191,9 @@ fn cap_size(infos: Vec<PathInfo>, cap: u64) -> (Vec<PathInfo>, Vec<StorePath>, u
     let mut gone: HashSet<usize> = HashSet::new();
     let mut dropped_bytes = 0;
     while total > cap {
-        let Some((size, _, j)) = heap.pop() else { break };
+        let Some((size, _, j)) = heap.pop() else {
+            break;
+        };
         gone.insert(j);
         total -= size;
         dropped_bytes += size;
@@ -202,7 +204,11 @@ fn cap_size(infos: Vec<PathInfo>, cap: u64) -> (Vec<PathInfo>, Vec<StorePath>, u
             if let Some(&k) = index.get(r) {
                 referrers[k] -= 1;
                 if referrers[k] == 0 {
-                    heap.push((infos[k].nar_size, std::cmp::Reverse(infos[k].path.clone()), k));
+                    heap.push((
+                        infos[k].nar_size,
+                        std::cmp::Reverse(infos[k].path.clone()),
+                        k,
+                    ));
                 }
             }
         }
@@ -289,9 +295,8 @@ pub fn write_archive(
             hash: Sha256::new(),
             n: 0,
         };
-        nar::dump_path(&real, &mut h).map_err(|e| {
-            Error::Other(anyhow::anyhow!("writing the store archive: {abs}: {e}"))
-        })?;
+        nar::dump_path(&real, &mut h)
+            .map_err(|e| Error::Other(anyhow::anyhow!("writing the store archive: {abs}: {e}")))?;
         let got = Sha256Hash(h.hash.finalize().into());
         if got != info.nar_hash || h.n != info.nar_size {
             return Err(Error::Integrity(format!(

@@ -36,7 +36,10 @@ impl FileCache {
     /// Opens without creating or writing anything (a dry run, an upstream):
     /// a directory that doesn't exist is an empty cache.
     pub fn open_read_only(url: &str, root: &Path) -> FileCache {
-        FileCache { url: url.to_string(), root: root.to_path_buf() }
+        FileCache {
+            url: url.to_string(),
+            root: root.to_path_buf(),
+        }
     }
 
     fn err(&self, what: &str, e: io::Error) -> Error {

@@ -41,7 +41,9 @@ impl std::fmt::Debug for Auth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Auth::None => write!(f, "None"),
-            Auth::Basic { user, .. } => write!(f, "Basic {{ user: {user:?}, password: <redacted> }}"),
+            Auth::Basic { user, .. } => {
+                write!(f, "Basic {{ user: {user:?}, password: <redacted> }}")
+            }
             Auth::Bearer(_) => write!(f, "Bearer(<redacted>)"),
         }
     }
@@ -74,7 +76,9 @@ impl HttpCache {
     pub fn open(url: &str, opts: &CacheOptions) -> Result<HttpCache> {
         let shown = url.split(['?', '#']).next().unwrap_or(url);
         let mut base = Url::parse(url).map_err(|e| {
-            let safe = Url::parse(shown).map(|u| display_url(&u)).unwrap_or_default();
+            let safe = Url::parse(shown)
+                .map(|u| display_url(&u))
+                .unwrap_or_default();
             Error::cache(&safe, format!("invalid URL: {e}"))
         })?;
         let display = display_url(&base);
@@ -391,10 +395,22 @@ mod tests {
         let text = "machine a.example login ua password pa\n\
                     machine b.example\n  login ub\n  password pb\n\
                     default login ud password pd\n";
-        assert_eq!(basic(&parse_netrc(text, "b.example")), Some(("ub".into(), "pb".into())));
-        assert_eq!(basic(&parse_netrc(text, "A.example")), Some(("ua".into(), "pa".into())));
-        assert_eq!(basic(&parse_netrc(text, "c.example")), Some(("ud".into(), "pd".into())));
-        assert!(matches!(parse_netrc("machine x login u password p", "y"), Auth::None));
+        assert_eq!(
+            basic(&parse_netrc(text, "b.example")),
+            Some(("ub".into(), "pb".into()))
+        );
+        assert_eq!(
+            basic(&parse_netrc(text, "A.example")),
+            Some(("ua".into(), "pa".into()))
+        );
+        assert_eq!(
+            basic(&parse_netrc(text, "c.example")),
+            Some(("ud".into(), "pd".into()))
+        );
+        assert!(matches!(
+            parse_netrc("machine x login u password p", "y"),
+            Auth::None
+        ));
     }
 
     #[test]
@@ -420,8 +436,11 @@ mod tests {
 
     #[test]
     fn url_credentials_are_not_shown() {
-        let c = HttpCache::open("http://me:s3cret@127.0.0.1:1/c?x=1", &CacheOptions::default())
-            .unwrap();
+        let c = HttpCache::open(
+            "http://me:s3cret@127.0.0.1:1/c?x=1",
+            &CacheOptions::default(),
+        )
+        .unwrap();
         assert_eq!(c.url(), "http://127.0.0.1:1/c");
         assert!(!format!("{:?}", c.inner).contains("s3cret"));
     }

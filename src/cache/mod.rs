@@ -67,7 +67,10 @@ pub trait BinaryCache: Send + Sync {
     /// the root), for `verify`. Not every target can list.
     fn list(&self, dir: &str) -> Result<Vec<String>> {
         let _ = dir;
-        Err(Error::cache(self.url(), "this target cannot list its files"))
+        Err(Error::cache(
+            self.url(),
+            "this target cannot list its files",
+        ))
     }
 
     /// Requests made so far, for logs and the benchmark (network targets).

@@ -64,7 +64,11 @@ impl Net {
     }
 
     /// HEAD: `Some(size)` when present, `None` on 404.
-    pub fn head(&self, what: &str, make: impl Fn(&Client) -> RequestBuilder) -> Result<Option<u64>> {
+    pub fn head(
+        &self,
+        what: &str,
+        make: impl Fn(&Client) -> RequestBuilder,
+    ) -> Result<Option<u64>> {
         self.call("HEAD", what, 0, make, |resp| {
             let status = resp.status();
             if status.is_success() {
@@ -78,7 +82,11 @@ impl Net {
     }
 
     /// GET into memory: `None` on 404.
-    pub fn get(&self, what: &str, make: impl Fn(&Client) -> RequestBuilder) -> Result<Option<Vec<u8>>> {
+    pub fn get(
+        &self,
+        what: &str,
+        make: impl Fn(&Client) -> RequestBuilder,
+    ) -> Result<Option<Vec<u8>>> {
         self.call("GET", what, 0, make, |resp| {
             let status = resp.status();
             if status.is_success() {

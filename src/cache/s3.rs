@@ -121,7 +121,11 @@ impl S3Url {
                     "path" => style = Some(true),
                     "virtual" => style = Some(false),
                     "auto" => style = None,
-                    _ => return Err(format!("addressing-style={v}: expected path, virtual or auto")),
+                    _ => {
+                        return Err(format!(
+                            "addressing-style={v}: expected path, virtual or auto"
+                        ))
+                    }
                 },
                 k if NIX_ONLY_PARAMS.contains(&k) => {}
                 k => tracing::warn!("s3:// URL: ignoring unknown parameter {k:?}"),
@@ -168,7 +172,8 @@ impl S3Cache {
             parsed.region.clone(),
         )
         .map_err(|e| Error::cache(url, format!("endpoint {}: {e:?}", parsed.endpoint)))?;
-        let credentials = credentials(parsed.profile.as_deref()).map_err(|e| Error::cache(url, e))?;
+        let credentials =
+            credentials(parsed.profile.as_deref()).map_err(|e| Error::cache(url, e))?;
         if credentials.is_none() {
             tracing::warn!("{url}: no AWS credentials found; requests are not signed");
         }
@@ -195,16 +200,24 @@ impl Inner {
     fn head(&self, rel: &str) -> Result<Option<u64>> {
         let key = self.key(rel);
         self.net.head(rel, |c| {
-            c.head(self.bucket.head_object(self.creds(), &key).sign(SIGNATURE_TTL))
+            c.head(
+                self.bucket
+                    .head_object(self.creds(), &key)
+                    .sign(SIGNATURE_TTL),
+            )
         })
     }
 
     fn put_data(&self, rel: &str, data: &SpoolData) -> Result<()> {
         let key = self.key(rel);
         self.net.send_ok("PUT", rel, data.len(), |c| {
-            c.put(self.bucket.put_object(self.creds(), &key).sign(SIGNATURE_TTL))
-                .header(reqwest::header::CONTENT_TYPE, content_type(rel))
-                .body(data.body(0, data.len()))
+            c.put(
+                self.bucket
+                    .put_object(self.creds(), &key)
+                    .sign(SIGNATURE_TTL),
+            )
+            .header(reqwest::header::CONTENT_TYPE, content_type(rel))
+            .body(data.body(0, data.len()))
         })?;
         Ok(())
     }
@@ -222,16 +235,21 @@ impl Inner {
                 ((i + 1) as u16, off, part_size.min(len - off))
             })
             .collect();
-        let body = self.net.send_ok("POST", &format!("{rel} (start multipart)"), 0, |c| {
-            let a = self.bucket.create_multipart_upload(self.creds(), &key);
-            c.post(a.sign(SIGNATURE_TTL))
-                .header(reqwest::header::CONTENT_TYPE, content_type(rel))
-        })?;
+        let body = self
+            .net
+            .send_ok("POST", &format!("{rel} (start multipart)"), 0, |c| {
+                let a = self.bucket.create_multipart_upload(self.creds(), &key);
+                c.post(a.sign(SIGNATURE_TTL))
+                    .header(reqwest::header::CONTENT_TYPE, content_type(rel))
+            })?;
         let upload_id = CreateMultipartUpload::parse_response(&body)
             .map_err(|e| self.net.err(format!("POST {rel} (start multipart): {e}")))?
             .upload_id()
             .to_string();
-        tracing::debug!("{rel}: multipart upload of {len} bytes in {} parts", parts.len());
+        tracing::debug!(
+            "{rel}: multipart upload of {len} bytes in {} parts",
+            parts.len()
+        );
         let result = parallel_map(&parts, PARALLEL_PARTS, |&(n, off, plen)| {
             let etag = self.net.call(
                 "PUT",
@@ -290,13 +308,15 @@ impl Inner {
             )
         });
         if result.is_err() {
-            let _ = self.net.send_ok("DELETE", &format!("{rel} (abort multipart)"), 0, |c| {
-                c.delete(
-                    self.bucket
-                        .abort_multipart_upload(self.creds(), &key, &upload_id)
-                        .sign(SIGNATURE_TTL),
-                )
-            });
+            let _ = self
+                .net
+                .send_ok("DELETE", &format!("{rel} (abort multipart)"), 0, |c| {
+                    c.delete(
+                        self.bucket
+                            .abort_multipart_upload(self.creds(), &key, &upload_id)
+                            .sign(SIGNATURE_TTL),
+                    )
+                });
         }
         result
     }
@@ -310,8 +330,9 @@ impl BinaryCache for S3Cache {
     fn get(&self, rel: &str) -> Result<Option<Vec<u8>>> {
         let i = &self.inner;
         let key = i.key(rel);
-        i.net
-            .get(rel, |c| c.get(i.bucket.get_object(i.creds(), &key).sign(SIGNATURE_TTL)))
+        i.net.get(rel, |c| {
+            c.get(i.bucket.get_object(i.creds(), &key).sign(SIGNATURE_TTL))
+        })
     }
 
     fn exists(&self, rel: &str) -> Result<bool> {
@@ -467,7 +488,10 @@ fn aws_file(var: &str, name: &str) -> Option<PathBuf> {
 /// Keys of `profile` from the shared credentials file, then the config file.
 fn profile_credentials(profile: &str) -> std::result::Result<Option<Credentials>, String> {
     let files = [
-        (aws_file("AWS_SHARED_CREDENTIALS_FILE", "credentials"), profile.to_string()),
+        (
+            aws_file("AWS_SHARED_CREDENTIALS_FILE", "credentials"),
+            profile.to_string(),
+        ),
         (
             aws_file("AWS_CONFIG_FILE", "config"),
             if profile == "default" {
@@ -540,8 +564,10 @@ mod tests {
         assert_eq!(u.endpoint.as_str(), "https://s3.eu-west-1.amazonaws.com/");
         assert!(!u.path_style);
         assert_eq!(u.prefix, "");
-        let u = S3Url::parse("s3://b?endpoint=https://r2.example&addressing-style=virtual&compression=zstd")
-            .unwrap();
+        let u = S3Url::parse(
+            "s3://b?endpoint=https://r2.example&addressing-style=virtual&compression=zstd",
+        )
+        .unwrap();
         assert!(!u.path_style);
         assert!(S3Url::parse("s3://?region=x").is_err());
         assert!(S3Url::parse("s3://b?scheme=ftp").is_err());

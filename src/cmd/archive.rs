@@ -133,7 +133,9 @@ pub fn run(store_root: Option<&Path>, cmd: ArchiveCommand) -> Result<i32> {
                 );
             }
             if args.is_empty() {
-                return Err(Error::Usage("no paths to save: give PATHs or --from-file".into()));
+                return Err(Error::Usage(
+                    "no paths to save: give PATHs or --from-file".into(),
+                ));
             }
             let roots = args
                 .iter()
@@ -192,6 +194,9 @@ pub fn run(store_root: Option<&Path>, cmd: ArchiveCommand) -> Result<i32> {
             jobs,
         } => {
             let k = cache_key(&key, &restore_prefixes)?;
+            if let Some(root) = store_root {
+                init_chroot_store(root)?;
+            }
             let store = Store::open(store_root)?;
             let backend = archive::open(&key.archive, key.read_only)?;
             let mut opts = ImportOptions {
@@ -201,13 +206,7 @@ pub fn run(store_root: Option<&Path>, cmd: ArchiveCommand) -> Result<i32> {
             if let Some(j) = jobs {
                 opts.jobs = j.max(1);
             }
-            let r = archive::restore(
-                &store,
-                backend.as_ref(),
-                &k.key,
-                &k.restore_prefixes,
-                &opts,
-            )?;
+            let r = archive::restore(&store, backend.as_ref(), &k.key, &k.restore_prefixes, &opts)?;
             if key.json {
                 println!("{}", serde_json::to_string_pretty(&r).unwrap());
                 return Ok(exit::OK);
@@ -239,4 +238,26 @@ pub fn run(store_root: Option<&Path>, cmd: ArchiveCommand) -> Result<i32> {
             Ok(exit::OK)
         }
     }
+}
+
+/// A chroot store restored into may not exist yet (a fresh runner's cache
+/// directory): let Nix create it.
+fn init_chroot_store(root: &Path) -> Result<()> {
+    if root.join("nix/var/nix/db/db.sqlite").exists() {
+        return Ok(());
+    }
+    let out = std::process::Command::new("nix-store")
+        .arg("--store")
+        .arg(root)
+        .arg("--init")
+        .output()
+        .map_err(|e| Error::Store(format!("cannot run nix-store --init: {e}")))?;
+    if !out.status.success() {
+        return Err(Error::Store(format!(
+            "nix-store --store {} --init: {}",
+            root.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
 }

@@ -5,3 +5,4 @@ pub mod common;
 pub mod keygen;
 pub mod push;
 pub mod track;
+pub mod verify;

@@ -23,8 +23,13 @@ pub fn push_cmd(store: &Store, args: &PushArgs, paths: &[String]) -> Result<i32>
         }
     }
     let target = cache::open(&args.to)?;
-    let (plan, report) =
-        push::push_closure(store, &roots, target.as_ref(), &key, &upload_options(&args.upload))?;
+    let (plan, report) = push::push_closure(
+        store,
+        &roots,
+        target.as_ref(),
+        &key,
+        &upload_options(&args.upload),
+    )?;
     println!("{}", summary::push_line(&plan, &report));
     match push::report_error(&report, target.url()) {
         Some(e) => Err(e),

@@ -40,7 +40,10 @@ pub struct UnpackStats {
 }
 
 fn bad(msg: impl Into<String>) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("bad NAR: {}", msg.into()))
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("bad NAR: {}", msg.into()),
+    )
 }
 
 fn at(path: &Path, what: &str, e: io::Error) -> io::Error {
@@ -212,7 +215,11 @@ impl<R: Read> Parser<R> {
         if self.opts.canonicalise {
             let times = [omit(), canonical_time()];
             if unsafe { libc::futimens(file.as_raw_fd(), times.as_ptr()) } != 0 {
-                return Err(at(&self.path, "setting mtime of", io::Error::last_os_error()));
+                return Err(at(
+                    &self.path,
+                    "setting mtime of",
+                    io::Error::last_os_error(),
+                ));
             }
         }
         self.stats.files += 1;
@@ -298,8 +305,8 @@ fn canonical_time() -> libc::timespec {
 }
 
 fn set_mtime(path: &Path, flags: libc::c_int) -> io::Result<()> {
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| bad("file name with a NUL byte"))?;
+    let c =
+        CString::new(path.as_os_str().as_bytes()).map_err(|_| bad("file name with a NUL byte"))?;
     let times = [omit(), canonical_time()];
     if unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), flags) } != 0 {
         return Err(at(path, "setting mtime of", io::Error::last_os_error()));
@@ -363,8 +370,16 @@ mod tests {
     }
 
     fn nix_store_dump(path: &Path) -> Option<Vec<u8>> {
-        let out = Command::new("nix-store").arg("--dump").arg(path).output().ok()?;
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("nix-store")
+            .arg("--dump")
+            .arg(path)
+            .output()
+            .ok()?;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Some(out.stdout)
     }
 
@@ -428,7 +443,12 @@ mod tests {
         let mut stream = nar.clone();
         stream.extend_from_slice(b"trailing bytes of the next NAR");
         let mut r = &stream[..];
-        let stats = unpack((&mut r).take(nar.len() as u64), &tmp.path().join("o"), Default::default()).unwrap();
+        let stats = unpack(
+            (&mut r).take(nar.len() as u64),
+            &tmp.path().join("o"),
+            Default::default(),
+        )
+        .unwrap();
         assert_eq!(stats.nar_bytes, nar.len() as u64);
         assert_eq!(r, b"trailing bytes of the next NAR");
     }
@@ -453,7 +473,10 @@ mod tests {
         let dir_with = |names: &[&[u8]]| {
             let mut t: Vec<&[u8]> = vec![b"nix-archive-1", b"(", b"type", b"directory"];
             for n in names {
-                t.extend_from_slice(&[b"entry", b"(", b"name", n, b"node", b"(", b"type", b"symlink", b"target", b"x", b")", b")"]);
+                t.extend_from_slice(&[
+                    b"entry", b"(", b"name", n, b"node", b"(", b"type", b"symlink", b"target",
+                    b"x", b")", b")",
+                ]);
             }
             t.push(b")");
             nar_of(&t)
@@ -467,13 +490,29 @@ mod tests {
             ("dot-dot", dir_with(&[b".."])),
             ("slash", dir_with(&[b"a/b"])),
             ("empty name", dir_with(&[b""])),
-            ("bad type", nar_of(&[b"nix-archive-1", b"(", b"type", b"fifo", b")"])),
+            (
+                "bad type",
+                nar_of(&[b"nix-archive-1", b"(", b"type", b"fifo", b")"]),
+            ),
         ];
-        let mut nonzero = nar_of(&[b"nix-archive-1", b"(", b"type", b"symlink", b"target", b"abc", b")"]);
+        let mut nonzero = nar_of(&[
+            b"nix-archive-1",
+            b"(",
+            b"type",
+            b"symlink",
+            b"target",
+            b"abc",
+            b")",
+        ]);
         // magic 24, '(' 16, type 16, symlink 16, target 16, len 8, "abc" 3: padding at 99
         nonzero[99] = 1;
         cases.push(("padding", nonzero));
-        assert!(unpack(&dir_with(&[b"a", b"b"])[..], &tmp.path().join("ok"), Default::default()).is_ok());
+        assert!(unpack(
+            &dir_with(&[b"a", b"b"])[..],
+            &tmp.path().join("ok"),
+            Default::default()
+        )
+        .is_ok());
         for (i, (what, nar)) in cases.into_iter().enumerate() {
             let dest = tmp.path().join(format!("bad{i}"));
             let e = unpack(&nar[..], &dest, Default::default()).unwrap_err();

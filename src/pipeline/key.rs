@@ -175,16 +175,14 @@ pub fn check_flake_lock(path: &Path) -> Result<()> {
         .as_object()
         .ok_or_else(|| bad("not a flake lock file: expected a JSON object".into()))?;
     if !obj.get("nodes").is_some_and(|n| n.is_object()) {
-        return Err(bad(
-            "not a flake lock file: missing object \"nodes\"".into(),
-        ));
+        return Err(bad("not a flake lock file: missing object \"nodes\"".into()));
     }
     if !obj.get("root").is_some_and(|n| n.is_string()) {
         return Err(bad("not a flake lock file: missing string \"root\"".into()));
     }
     if !obj.get("version").is_some_and(|n| n.is_u64()) {
         return Err(bad(
-            "not a flake lock file: missing number \"version\"".into(),
+            "not a flake lock file: missing number \"version\"".into()
         ));
     }
     Ok(())
@@ -242,7 +240,12 @@ mod tests {
 
     #[test]
     fn malformed_lock_is_an_input_error() {
-        for bad in ["not json", "[]", r#"{"nodes":{},"root":"root"}"#, r#"{"root":"r","version":7}"#] {
+        for bad in [
+            "not json",
+            "[]",
+            r#"{"nodes":{},"root":"root"}"#,
+            r#"{"root":"r","version":7}"#,
+        ] {
             let d = dir_with(&[("flake.lock", bad)]);
             let e = compute(d.path(), &[], "x86_64-linux", &[]).unwrap_err();
             assert_eq!(e.exit_code(), exit::INPUT, "{bad}: {e}");

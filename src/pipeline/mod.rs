@@ -1,11 +1,12 @@
 //! The steps of a job, one module each, in data-flow order.
 
+pub mod diff;
+pub mod key;
 pub mod pack;
 pub mod plan;
 pub mod push;
-pub mod summary;
-pub mod upload;
-pub mod diff;
 pub mod self_source;
 pub mod snapshot;
-pub mod key;
+pub mod summary;
+pub mod upload;
+pub mod verify;

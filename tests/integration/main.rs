@@ -4,7 +4,18 @@
 
 mod util;
 
+mod archive;
+mod ci_github;
+mod archive_github;
+mod archive_s3;
 mod errors;
 mod push;
 mod track;
 mod workload;
+
+// Network binary caches (real SeaweedFS and nginx on 127.0.0.1).
+mod faults;
+mod http;
+mod proxy;
+mod s3;
+mod servers;

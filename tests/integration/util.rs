@@ -234,3 +234,125 @@ pub fn stdout_sha256(cmd: &mut Command) -> (String, u64) {
         .collect();
     (hex, len)
 }
+
+// ------------------------------------------------ CI runners (ci_*.rs)
+
+/// Where `scripts/setup.sh` installs npm tools (Node 22, gitlab-ci-local).
+pub fn tools_dir() -> PathBuf {
+    std::env::var_os("NIXDELTA_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt/nixdelta-tools"))
+}
+
+/// `tool` on PATH or in the npm tools' bin directory.
+pub fn which(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([tools_dir().join("node_modules/.bin")])
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+}
+
+/// A CI runner a test drives. Missing: the test is skipped with a clear
+/// message, except under CI (`$CI` set), where setup.sh must have
+/// installed it and its absence fails the test.
+pub fn runner(tool: &str, install: &str) -> Option<PathBuf> {
+    if let Some(p) = which(tool) {
+        return Some(p);
+    }
+    let msg = format!("{tool} is not installed ({install}; scripts/setup.sh does it)");
+    if std::env::var_os("CI").is_some() {
+        panic!("{msg}");
+    }
+    eprintln!("SKIPPED: {msg}");
+    None
+}
+
+/// Runs `cmd` in its own process group with stdout and stderr to files
+/// (no pipe can fill up); after `secs` the whole group is killed and the
+/// test fails with what was printed so far.
+pub fn run_bounded(cmd: &mut Command, secs: u64) -> Output {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("stdout");
+    let err_path = dir.path().join("stderr");
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .process_group(0)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if std::time::Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    // The group's leftovers (servers a runner started) go too.
+    // SAFETY: signalling the process group we created.
+    unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
+    let status = status.unwrap_or_else(|| child.wait().unwrap());
+    let out = Output {
+        status,
+        stdout: std::fs::read(&out_path).unwrap_or_default(),
+        stderr: std::fs::read(&err_path).unwrap_or_default(),
+    };
+    let timed_out = std::time::Instant::now() > deadline;
+    assert!(!timed_out, "{cmd:?} timed out after {secs}s:\n{}", show(&out));
+    out
+}
+
+/// A git repository at `dir` with everything in it committed and an
+/// `origin` remote (runners read the repository's name from it).
+pub fn git_commit_all(dir: &Path, origin: &str) {
+    let git = |args: &[&str]| {
+        ok(Command::new("git")
+            .current_dir(dir)
+            .args(["-c", "user.name=nixdelta-test", "-c", "user.email=test@nixdelta.invalid"])
+            .args(["-c", "init.defaultBranch=main", "-c", "commit.gpgsign=false"])
+            .args(args));
+    };
+    if !dir.join(".git").exists() {
+        git(&["init", "-q"]);
+        git(&["remote", "add", "origin", origin]);
+    }
+    git(&["add", "-A"]);
+    git(&["commit", "-q", "--allow-empty", "-m", "test"]);
+}
+
+/// Copies the files of the repository the CI front ends are made of
+/// (`action.yml`, `dist/`, `plugin.yml`, `hooks/`, `templates/`) into `dst`.
+pub fn copy_frontends(dst: &Path) {
+    for rel in ["action.yml", "plugin.yml", "dist", "hooks", "templates"] {
+        if repo().join(rel).exists() {
+            copy_tree(&repo().join(rel), &dst.join(rel));
+        }
+    }
+}
+
+pub fn copy_tree(src: &Path, dst: &Path) {
+    let meta = std::fs::metadata(src).unwrap_or_else(|e| panic!("{}: {e}", src.display()));
+    if meta.is_dir() {
+        std::fs::create_dir_all(dst).unwrap();
+        for e in std::fs::read_dir(src).unwrap() {
+            let e = e.unwrap();
+            copy_tree(&e.path(), &dst.join(e.file_name()));
+        }
+    } else {
+        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        std::fs::copy(src, dst).unwrap();
+    }
+}
+
+/// A flake.lock of a flake without inputs, as `nix flake lock` writes it.
+pub const EMPTY_FLAKE_LOCK: &str = "{\n  \"nodes\": {\n    \"root\": {}\n  },\n  \"root\": \"root\",\n  \"version\": 7\n}\n";
+
+/// The built binary's path.
+pub fn nixdelta_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_nixdelta")
+}

