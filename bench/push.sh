@@ -35,6 +35,7 @@ else
   log "building the release binary"
   cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
   BIN=$ROOT/target/release/nixdelta
+  VERSION="$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?')"
 fi
 
 # --- a fresh directory for everything this run writes, deleted at the end ----
@@ -85,15 +86,16 @@ run_limit() {
   mkfifo "$out.fifo"
   /usr/bin/time -f '%M' -o "$out.rss" bash -c '
     set -o pipefail
-    zstd -3 -T0 -q <"$1.fifo" >"$1/export.zst" &
-    z=$!
+    out=$1
     shift
-    nix-store --export "$@" | tee "$out.fifo" | sha256sum >/dev/null
+    zstd -3 -T0 -q <"$out.fifo" >"$out/export.zst" &
+    z=$!
+    nix-store --export "$@" | tee "$out.fifo" | sha256sum >"$out.sha256"
     wait $z' _ "$out" "${PATHS[@]}" >"$out.log" 2>&1
 }
 
 TOOLS=(nixdelta nixcopy limit)
-declare -A NAME=([nixdelta]='nixdelta push' [nixcopy]='nix copy' [limit]='limit: export | zstd -3 -T0, sha256sum')
+declare -A NAME=([nixdelta]='nixdelta push' [nixcopy]='nix copy' [limit]='limit: export → zstd -3 -T0 + sha256sum')
 printf 'round\ttool\tseconds\trss_kib\tbytes\n' >"$T/runs.tsv"
 for ((r = 1; r <= ROUNDS; r++)); do
   for ((k = 0; k < ${#TOOLS[@]}; k++)); do
@@ -130,7 +132,7 @@ cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)
 printf '\n### SCALE=%s: %d paths, %.1f MB of NAR, %d rounds\n\n' \
   "$TAG" "${#PATHS[@]}" "$(echo "$NAR / 1000000" | bc -l)" "$ROUNDS"
 printf '%s, %d cores; %s; zstd %s; nixdelta %s\n\n' "$cpu" "$(nproc)" "$(nix --version)" \
-  "$(zstd -V | grep -o 'v[0-9.]*' | head -n1)" "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
+  "$(zstd -V | grep -o 'v[0-9.]*' | head -n1)" "${VERSION:-$BIN}"
 printf '| tool | median wall (s) | NAR MB/s | compressed MB | peak RSS (MiB) |\n'
 printf '|---|---:|---:|---:|---:|\n'
 for tool in "${TOOLS[@]}"; do

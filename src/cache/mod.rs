@@ -157,7 +157,31 @@ pub fn open_with(url: &str, opts: &CacheOptions) -> Result<Box<dyn BinaryCache>>
     }
     let scheme = url.split("://").next().unwrap_or(url);
     Err(Error::cache(
-        url,
+        &without_userinfo(url),
         format!("unsupported URL scheme {scheme:?} (supported: file://, s3://, http://, https://)"),
     ))
+}
+
+/// `scheme://user:pass@host/…` → `scheme://host/…`, for messages.
+pub fn without_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let auth_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..auth_end].rfind('@') {
+        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod url_tests {
+    #[test]
+    fn userinfo_is_dropped() {
+        assert_eq!(
+            super::without_userinfo("ftp://u:p@h/x?y=z@w"),
+            "ftp://h/x?y=z@w"
+        );
+        assert_eq!(super::without_userinfo("file:///a@b"), "file:///a@b");
+    }
 }

@@ -176,18 +176,21 @@ mod tests {
         assert_eq!(i.exclude, ["-source$", "\\.iso$"]);
         assert_eq!(i.key_files, ["flake.lock"]);
         assert!(i.strict);
-        assert_eq!(i.secret_key.as_deref().map(String::as_str), Some("k-1:c2VjcmV0"));
-        assert!(i
-            .state_dir
-            .unwrap()
-            .ends_with("nixdelta-bk-0190-abc"));
+        assert_eq!(
+            i.secret_key.as_deref().map(String::as_str),
+            Some("k-1:c2VjcmV0")
+        );
+        assert!(i.state_dir.unwrap().ends_with("nixdelta-bk-0190-abc"));
     }
 
     #[test]
     fn fork_pull_requests() {
         let m = Map::of(&[
             ("BUILDKITE_PULL_REQUEST", "12"),
-            ("BUILDKITE_PULL_REQUEST_REPO", "https://github.com/someone/r.git"),
+            (
+                "BUILDKITE_PULL_REQUEST_REPO",
+                "https://github.com/someone/r.git",
+            ),
             ("BUILDKITE_REPO", "git@github.com:o/r.git"),
         ]);
         assert!(fork_pr(&m.lookup()));
@@ -199,7 +202,10 @@ mod tests {
         assert!(!fork_pr(&same.lookup()));
         let branch = Map::of(&[
             ("BUILDKITE_PULL_REQUEST", "false"),
-            ("BUILDKITE_PULL_REQUEST_REPO", "https://github.com/someone/r.git"),
+            (
+                "BUILDKITE_PULL_REQUEST_REPO",
+                "https://github.com/someone/r.git",
+            ),
             ("BUILDKITE_REPO", "git@github.com:o/r.git"),
         ]);
         assert!(!fork_pr(&branch.lookup()));

@@ -182,7 +182,10 @@ mod tests {
         ]);
         let i = GitHub.inputs(&m.lookup(), Step::Finish).unwrap();
         assert_eq!(i.binary_cache.as_deref(), Some("file:///c"));
-        assert_eq!(i.secret_key.as_deref().map(String::as_str), Some("k-1:c2VjcmV0"));
+        assert_eq!(
+            i.secret_key.as_deref().map(String::as_str),
+            Some("k-1:c2VjcmV0")
+        );
         assert_eq!(i.key_files, ["flake.lock", "nix/*.nix"]);
         assert_eq!(i.exclude, ["-source$", "\\.iso$"]);
         assert!(i.strict && !i.include_drv && i.jobs.is_none());
@@ -192,7 +195,11 @@ mod tests {
         let bad = Map::of(&[("INPUT_STRICT", "sure")]);
         assert!(GitHub.inputs(&bad.lookup(), Step::Start).is_err());
         let none = Map::of(&[("INPUT_ARCHIVE", "none")]);
-        assert!(GitHub.inputs(&none.lookup(), Step::Start).unwrap().archive.is_none());
+        assert!(GitHub
+            .inputs(&none.lookup(), Step::Start)
+            .unwrap()
+            .archive
+            .is_none());
     }
 
     #[test]

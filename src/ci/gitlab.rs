@@ -64,8 +64,25 @@ impl Frontend for GitLab {
     }
 
     fn group_start(&self, title: &str) {
+        // A stable name from the title (`nixdelta_restore_the_store_archive`),
+        // numbered so that two sections never share one.
         let n = SECTION.fetch_add(1, Ordering::Relaxed);
-        let name = format!("nixdelta_{}_{n}", std::process::id());
+        let slug: String = title
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let slug = slug
+            .split('_')
+            .filter(|w| !w.is_empty())
+            .collect::<Vec<_>>()
+            .join("_");
+        let name = if n == 0 { slug } else { format!("{slug}_{n}") };
         eprintln!(
             "\x1b[0Ksection_start:{}:{name}[collapsed=true]\r\x1b[0K{title}",
             now()

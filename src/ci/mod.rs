@@ -95,7 +95,10 @@ impl std::fmt::Debug for Inputs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Inputs")
             .field("binary_cache", &self.binary_cache)
-            .field("secret_key", &self.secret_key.as_ref().map(|_| "<redacted>"))
+            .field(
+                "secret_key",
+                &self.secret_key.as_ref().map(|_| "<redacted>"),
+            )
             .field("secret_key_file", &self.secret_key_file)
             .field("archive", &self.archive)
             .field("key_files", &self.key_files)
@@ -249,14 +252,21 @@ impl Inputs {
         switch(&mut out, "--read-only", self.read_only);
         switch(&mut out, "--strict", self.strict);
         if step != Step::Run {
-            let dir = self.state_dir.as_ref().map(|d| d.to_string_lossy().into_owned());
+            let dir = self
+                .state_dir
+                .as_ref()
+                .map(|d| d.to_string_lossy().into_owned());
             one(&mut out, "--state-dir", dir.as_deref());
         }
         if step == Step::Start {
             return out;
         }
         one(&mut out, "--to", self.binary_cache.as_deref());
-        one(&mut out, "--secret-key-file", self.secret_key_file.as_deref());
+        one(
+            &mut out,
+            "--secret-key-file",
+            self.secret_key_file.as_deref(),
+        );
         many(&mut out, "--exclude", &self.exclude);
         switch(&mut out, "--include-drv", self.include_drv);
         one(&mut out, "--upstream", self.upstream.as_deref());
@@ -501,7 +511,10 @@ mod tests {
             ]
         );
         let finish = strs(&i.args(Step::Finish, &["--to=file:///mine".into()]));
-        assert!(!finish.iter().any(|a| a.starts_with("--to")), "given: {finish:?}");
+        assert!(
+            !finish.iter().any(|a| a.starts_with("--to")),
+            "given: {finish:?}"
+        );
         assert!(finish.contains(&"--include-drv".to_string()));
         assert!(finish.contains(&"--exclude=-source$".to_string()));
         i.state_dir = None;
@@ -535,7 +548,10 @@ mod tests {
             ..Default::default()
         };
         k.settle(false);
-        assert!(k.binary_cache.is_some(), "strict: the missing key is an error later");
+        assert!(
+            k.binary_cache.is_some(),
+            "strict: the missing key is an error later"
+        );
     }
 
     #[test]

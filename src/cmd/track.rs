@@ -371,7 +371,7 @@ pub fn finish(
         }
         Err(e) => return Err(e),
     };
-    tracing::debug!("state from {}", dir.display());
+    eprintln!("nixdelta: state of start from {}", dir.display());
     if fe.name() != "none" && !args.json {
         // One stream, so CI log folding keeps its order.
         return finish_with(store_root, &st, args, a, &mut std::io::stderr());
@@ -575,7 +575,10 @@ fn push_table(p: &Pushed, args: &FinishArgs) -> Table {
     };
     t.row("new paths considered", plan.considered.to_string());
     for (why, paths) in &plan.skipped {
-        t.row(format!("skipped: {}", why.describe()), paths.len().to_string());
+        t.row(
+            format!("skipped: {}", why.describe()),
+            paths.len().to_string(),
+        );
     }
     if !plan.pulled_in.is_empty() {
         t.row(
@@ -590,7 +593,11 @@ fn push_table(p: &Pushed, args: &FinishArgs) -> Table {
             } else {
                 "to upload"
             },
-            format!("{} ({} of NAR)", plan.upload.len(), mb(plan.upload_nar_bytes())),
+            format!(
+                "{} ({} of NAR)",
+                plan.upload.len(),
+                mb(plan.upload_nar_bytes())
+            ),
         );
         return t;
     };
@@ -623,7 +630,9 @@ fn push_table(p: &Pushed, args: &FinishArgs) -> Table {
 fn redact_url(u: &str) -> String {
     let no_query = u.split(['?', '#']).next().unwrap_or(u);
     match (no_query.find("://"), no_query.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}***@{}", &no_query[..s + 3], &no_query[at + 1..]),
+        (Some(s), Some(at)) if at > s => {
+            format!("{}***@{}", &no_query[..s + 3], &no_query[at + 1..])
+        }
         _ => no_query.to_string(),
     }
 }
@@ -714,9 +723,8 @@ fn save_step(
         .max_archive_size
         .as_deref()
         .map(|s| {
-            archive::dir::parse_size(s).ok_or_else(|| {
-                Error::Usage(format!("--max-archive-size {s:?}: expected e.g. 4G"))
-            })
+            archive::dir::parse_size(s)
+                .ok_or_else(|| Error::Usage(format!("--max-archive-size {s:?}: expected e.g. 4G")))
         })
         .transpose()?;
     let opts = SaveOptions {
@@ -756,10 +764,7 @@ fn save_table(facts: &ArchiveFacts, r: &SaveReport) -> Table {
     };
     t.row("result", result);
     if r.paths > 0 {
-        t.row(
-            "paths",
-            format!("{} ({} of NAR)", r.paths, mb(r.nar_bytes)),
-        );
+        t.row("paths", format!("{} ({} of NAR)", r.paths, mb(r.nar_bytes)));
     }
     if r.dropped > 0 {
         t.row(

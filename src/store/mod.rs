@@ -54,7 +54,8 @@ impl Store {
     /// exists but can't be opened, or when `NIXDELTA_STORE_BACKEND=cli`.
     pub fn open(root: Option<&Path>) -> Result<Store> {
         let store_dir = DEFAULT_STORE_DIR.to_string();
-        let prefix = root.map(Path::to_path_buf).unwrap_or_default();
+        // The system store's DB is at /nix/var/nix/db whatever the working directory.
+        let prefix = root.map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
         let db_path = prefix.join("nix/var/nix/db/db.sqlite");
         if !db_path.exists() {
             let hint = if root.is_some() {

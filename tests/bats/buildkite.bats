@@ -26,7 +26,7 @@ setup() {
   export BUILDKITE_PLUGIN_NIXDELTA_BINARY=$NIXDELTA_BIN
   export NIXDELTA_STORE=$T/store1
   unset NIXDELTA_SECRET_KEY NIXDELTA_ARCHIVE NIXDELTA_STRICT NIXDELTA_CI BUILDKITE_COMMAND_EXIT_STATUS
-  "$NIXDELTA_BIN" keygen bk-1 --out "$T/keys" >/dev/null
+  "$NIXDELTA_BIN" keygen bk-1 --out "$T/keys" >/dev/null 2>&1
   cat >"$T/bin/buildkite-agent" <<'EOS'
 #!/usr/bin/env bash
 { echo "ARGS: $*"; cat; echo; echo "END"; } >>"$AGENT_LOG"

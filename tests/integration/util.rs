@@ -239,9 +239,11 @@ pub fn stdout_sha256(cmd: &mut Command) -> (String, u64) {
 
 /// Where `scripts/setup.sh` installs npm tools (Node 22, gitlab-ci-local).
 pub fn tools_dir() -> PathBuf {
-    std::env::var_os("NIXDELTA_TOOLS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/opt/nixdelta-tools"))
+    if let Some(d) = std::env::var_os("NIXDELTA_TOOLS") {
+        return PathBuf::from(d);
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
+    PathBuf::from(home).join(".cache/nixdelta-test/tools")
 }
 
 /// `tool` on PATH or in the npm tools' bin directory.
@@ -303,7 +305,11 @@ pub fn run_bounded(cmd: &mut Command, secs: u64) -> Output {
         stderr: std::fs::read(&err_path).unwrap_or_default(),
     };
     let timed_out = std::time::Instant::now() > deadline;
-    assert!(!timed_out, "{cmd:?} timed out after {secs}s:\n{}", show(&out));
+    assert!(
+        !timed_out,
+        "{cmd:?} timed out after {secs}s:\n{}",
+        show(&out)
+    );
     out
 }
 
@@ -313,8 +319,18 @@ pub fn git_commit_all(dir: &Path, origin: &str) {
     let git = |args: &[&str]| {
         ok(Command::new("git")
             .current_dir(dir)
-            .args(["-c", "user.name=nixdelta-test", "-c", "user.email=test@nixdelta.invalid"])
-            .args(["-c", "init.defaultBranch=main", "-c", "commit.gpgsign=false"])
+            .args([
+                "-c",
+                "user.name=nixdelta-test",
+                "-c",
+                "user.email=test@nixdelta.invalid",
+            ])
+            .args([
+                "-c",
+                "init.defaultBranch=main",
+                "-c",
+                "commit.gpgsign=false",
+            ])
             .args(args));
     };
     if !dir.join(".git").exists() {
@@ -350,7 +366,8 @@ pub fn copy_tree(src: &Path, dst: &Path) {
 }
 
 /// A flake.lock of a flake without inputs, as `nix flake lock` writes it.
-pub const EMPTY_FLAKE_LOCK: &str = "{\n  \"nodes\": {\n    \"root\": {}\n  },\n  \"root\": \"root\",\n  \"version\": 7\n}\n";
+pub const EMPTY_FLAKE_LOCK: &str =
+    "{\n  \"nodes\": {\n    \"root\": {}\n  },\n  \"root\": \"root\",\n  \"version\": 7\n}\n";
 
 /// The built binary's path.
 pub fn nixdelta_bin() -> &'static str {

