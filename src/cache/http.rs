@@ -14,7 +14,9 @@ use reqwest::blocking::{Client, RequestBuilder};
 use url::Url;
 use zeroize::Zeroizing;
 
-use super::net::{content_type, display_url, parallel_map, Net, MAX_IN_FLIGHT};
+use super::net::{
+    content_type, display_url, narinfo_nar_url, parallel_map, Background, Net, MAX_IN_FLIGHT,
+};
 use super::spool::{Spool, SpoolData};
 use super::{narinfo_name, BinaryCache, CacheOptions, NarUpload};
 use crate::error::{Error, Result};
@@ -65,6 +67,8 @@ struct Inner {
     /// Ends with `/`, no user info.
     base: Url,
     auth: Auth,
+    /// NAR uploads under way.
+    background: Arc<Background>,
 }
 
 #[derive(Debug)]
@@ -121,6 +125,7 @@ impl HttpCache {
                 net: Net::new(display, opts.retry)?,
                 base,
                 auth,
+                background: Arc::default(),
             }),
         })
     }
@@ -189,9 +194,18 @@ impl BinaryCache for HttpCache {
         )
     }
 
+    /// A narinfo waits for the upload of its NAR, and is not written if
+    /// that failed.
     fn put(&self, rel: &str, data: &[u8]) -> Result<()> {
-        self.inner
-            .put_data(rel, &SpoolData::Memory(Arc::from(data)))
+        let i = &self.inner;
+        if rel.ends_with(".narinfo") {
+            if let Some(nar) = narinfo_nar_url(data) {
+                i.background
+                    .wait(&nar)
+                    .map_err(|e| i.net.err(format!("{rel} not written, its NAR failed: {e}")))?;
+            }
+        }
+        i.put_data(rel, &SpoolData::Memory(Arc::from(data)))
     }
 
     fn begin_nar(&self) -> Result<Box<dyn NarUpload>> {
@@ -235,9 +249,8 @@ impl BinaryCache for HttpCache {
 
 impl Drop for HttpCache {
     fn drop(&mut self) {
-        if Arc::strong_count(&self.inner) == 1 {
-            self.inner.net.log_summary();
-        }
+        self.inner.background.wait_all();
+        self.inner.net.log_summary();
     }
 }
 
@@ -255,22 +268,34 @@ impl Write for HttpNar {
     }
 }
 
+impl Inner {
+    fn upload_nar(&self, rel: &str, data: &SpoolData) -> Result<()> {
+        if data.len() >= SKIP_EXISTING_FROM {
+            let url = self.url_of(rel)?;
+            let size = self
+                .net
+                .head(rel, |c| self.req(c, reqwest::Method::HEAD, &url))?;
+            if size == Some(data.len()) {
+                return Ok(());
+            }
+        }
+        self.put_data(rel, data)
+    }
+}
+
 impl NarUpload for HttpNar {
+    /// Uploads in the background (see [`Background`]): the narinfo naming
+    /// this NAR waits for it.
     fn commit(self: Box<Self>, rel: &str) -> Result<()> {
         let HttpNar { spool, inner } = *self;
         let data = spool
             .finish()
             .map_err(|e| inner.net.err(format!("spooling {rel}: {e}")))?;
-        if data.len() >= SKIP_EXISTING_FROM {
-            let url = inner.url_of(rel)?;
-            let size = inner
-                .net
-                .head(rel, |c| inner.req(c, reqwest::Method::HEAD, &url))?;
-            if size == Some(data.len()) {
-                return Ok(());
-            }
-        }
-        inner.put_data(rel, &data)
+        let (job, name) = (inner.clone(), rel.to_string());
+        inner
+            .background
+            .start(rel, move || job.upload_nar(&name, &data));
+        Ok(())
     }
 }
 

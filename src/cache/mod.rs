@@ -90,6 +90,9 @@ pub trait BinaryCache: Send + Sync {
 /// A NAR being written. Dropping it without `commit` discards it.
 pub trait NarUpload: Write + Send {
     /// Makes the written bytes visible as `rel` (e.g. `nar/<hash>.nar.zst`).
+    /// A network target may finish the upload in the background; it then
+    /// guarantees that [`BinaryCache::put`] of a narinfo whose `URL:` is
+    /// `rel` waits for it, and fails (writing nothing) if it failed.
     fn commit(self: Box<Self>, rel: &str) -> Result<()>;
 }
 

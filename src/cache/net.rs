@@ -2,7 +2,9 @@
 //! client (rustls), the retrier, bounded parallelism for many small
 //! requests, and the URL shown to the user (never with credentials).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use reqwest::blocking::{Client, RequestBuilder, Response};
@@ -90,9 +92,7 @@ impl Net {
         self.call("GET", what, 0, make, |resp| {
             let status = resp.status();
             if status.is_success() {
-                resp.bytes()
-                    .map(|b| Some(b.to_vec()))
-                    .map_err(|e| transport(e))
+                resp.bytes().map(|b| Some(b.to_vec())).map_err(transport)
             } else if is_absent(status) {
                 Ok(None)
             } else {
@@ -249,4 +249,88 @@ mod tests {
         let u = url::Url::parse("https://me:secret@host:8080/cache/?token=x").unwrap();
         assert_eq!(display_url(&u), "https://host:8080/cache");
     }
+}
+
+/// NAR uploads running in the background, so the threads that compress
+/// NARs never wait on the network ("write-behind"), with the closure
+/// invariant kept by [`Background::wait`]: a narinfo is only written once
+/// the upload of the NAR it names has succeeded.
+#[derive(Debug, Default)]
+pub struct Background {
+    state: Mutex<BackgroundState>,
+    cond: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct BackgroundState {
+    in_flight: usize,
+    /// NAR → `None` while uploading, then its outcome.
+    nars: HashMap<String, Option<Result<(), String>>>,
+}
+
+/// Uploads in flight at once (each holds one spooled NAR: ≤ 1 MiB of memory
+/// or an unlinked temp file); more wait, which holds back compression.
+pub const MAX_BACKGROUND: usize = 8;
+
+impl Background {
+    /// Runs `upload` of `rel` in the background once a slot is free. A NAR
+    /// of the same name already uploaded or uploading is the same bytes
+    /// (content-addressed): not sent twice.
+    pub fn start(
+        self: &Arc<Self>,
+        rel: &str,
+        upload: impl FnOnce() -> Result<()> + Send + 'static,
+    ) {
+        let mut st = self.state.lock().expect("background state");
+        while st.in_flight >= MAX_BACKGROUND {
+            st = self.cond.wait(st).expect("background state");
+        }
+        if matches!(st.nars.get(rel), Some(None) | Some(Some(Ok(())))) {
+            return;
+        }
+        st.nars.insert(rel.to_string(), None);
+        st.in_flight += 1;
+        drop(st);
+        let me = self.clone();
+        let rel = rel.to_string();
+        std::thread::spawn(move || {
+            let outcome = upload().map_err(|e| match e {
+                Error::Cache { msg, .. } => msg,
+                e => e.to_string(),
+            });
+            let mut st = me.state.lock().expect("background state");
+            st.nars.insert(rel, Some(outcome));
+            st.in_flight -= 1;
+            me.cond.notify_all();
+        });
+    }
+
+    /// Waits for the upload of `rel`, if one was started here; its error.
+    pub fn wait(&self, rel: &str) -> Result<(), String> {
+        let mut st = self.state.lock().expect("background state");
+        loop {
+            match st.nars.get(rel) {
+                None => return Ok(()),
+                Some(Some(outcome)) => return outcome.clone(),
+                Some(None) => st = self.cond.wait(st).expect("background state"),
+            }
+        }
+    }
+
+    /// Waits for every upload started.
+    pub fn wait_all(&self) {
+        let mut st = self.state.lock().expect("background state");
+        while st.in_flight > 0 {
+            st = self.cond.wait(st).expect("background state");
+        }
+    }
+}
+
+/// The `URL:` of a narinfo being written (the NAR it needs first).
+pub fn narinfo_nar_url(data: &[u8]) -> Option<String> {
+    std::str::from_utf8(data)
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("URL: "))
+        .map(|u| u.trim().to_string())
 }

@@ -25,7 +25,7 @@ use rusty_s3::actions::{CreateMultipartUpload, ListObjectsV2, S3Action};
 use rusty_s3::{Bucket, Credentials, UrlStyle};
 use url::Url;
 
-use super::net::{content_type, parallel_map, Net, MAX_IN_FLIGHT};
+use super::net::{content_type, narinfo_nar_url, parallel_map, Background, Net, MAX_IN_FLIGHT};
 use super::retry::{status_error, transport, Attempt};
 use super::spool::{Spool, SpoolData};
 use super::{narinfo_name, BinaryCache, CacheOptions, NarUpload};
@@ -71,6 +71,8 @@ struct Inner {
     credentials: Option<Credentials>,
     /// Key prefix, empty or ending with `/`.
     prefix: String,
+    /// NAR uploads under way.
+    background: Arc<Background>,
 }
 
 #[derive(Debug)]
@@ -183,6 +185,7 @@ impl S3Cache {
                 bucket,
                 credentials,
                 prefix: parsed.prefix,
+                background: Arc::default(),
             }),
         })
     }
@@ -206,6 +209,21 @@ impl Inner {
                     .sign(SIGNATURE_TTL),
             )
         })
+    }
+
+    /// Uploads a finished NAR: one PUT, or a multipart upload unless the
+    /// bucket has it already.
+    fn upload_nar(&self, rel: &str, data: &SpoolData) -> Result<()> {
+        if data.len() < MULTIPART_FROM {
+            return self.put_data(rel, data);
+        }
+        // Content-addressed: a NAR of this name and size is this NAR (left
+        // by an interrupted push, or another job's).
+        if self.head(rel)? == Some(data.len()) {
+            tracing::debug!("{rel}: already in the bucket");
+            return Ok(());
+        }
+        self.put_multipart(rel, data)
     }
 
     fn put_data(&self, rel: &str, data: &SpoolData) -> Result<()> {
@@ -366,9 +384,18 @@ impl BinaryCache for S3Cache {
         )
     }
 
+    /// A narinfo waits for the upload of its NAR, and is not written if
+    /// that failed.
     fn put(&self, rel: &str, data: &[u8]) -> Result<()> {
-        self.inner
-            .put_data(rel, &SpoolData::Memory(Arc::from(data)))
+        let i = &self.inner;
+        if rel.ends_with(".narinfo") {
+            if let Some(nar) = narinfo_nar_url(data) {
+                i.background
+                    .wait(&nar)
+                    .map_err(|e| i.net.err(format!("{rel} not written, its NAR failed: {e}")))?;
+            }
+        }
+        i.put_data(rel, &SpoolData::Memory(Arc::from(data)))
     }
 
     fn begin_nar(&self) -> Result<Box<dyn NarUpload>> {
@@ -426,9 +453,8 @@ impl BinaryCache for S3Cache {
 
 impl Drop for S3Cache {
     fn drop(&mut self) {
-        if Arc::strong_count(&self.inner) == 1 {
-            self.inner.net.log_summary();
-        }
+        self.inner.background.wait_all();
+        self.inner.net.log_summary();
     }
 }
 
@@ -447,21 +473,18 @@ impl Write for S3Nar {
 }
 
 impl NarUpload for S3Nar {
+    /// Uploads in the background (see [`Background`]): the narinfo naming
+    /// this NAR waits for it.
     fn commit(self: Box<Self>, rel: &str) -> Result<()> {
         let S3Nar { spool, inner } = *self;
         let data = spool
             .finish()
             .map_err(|e| inner.net.err(format!("spooling {rel}: {e}")))?;
-        if data.len() < MULTIPART_FROM {
-            return inner.put_data(rel, &data);
-        }
-        // Content-addressed: a NAR of this name and size is this NAR (left
-        // by an interrupted push, or another job's).
-        if inner.head(rel)? == Some(data.len()) {
-            tracing::debug!("{rel}: already in the bucket");
-            return Ok(());
-        }
-        inner.put_multipart(rel, &data)
+        let (job, name) = (inner.clone(), rel.to_string());
+        inner
+            .background
+            .start(rel, move || job.upload_nar(&name, &data));
+        Ok(())
     }
 }
 

@@ -79,6 +79,11 @@ pub struct ArchiveArgs {
     /// Restore only, never save (as for a fork's pull request).
     #[arg(long, env = "NIXDELTA_ARCHIVE_READ_ONLY")]
     pub read_only: bool,
+    /// On an exact key hit, save a new archive (`<key>-g<time>`, which the
+    /// next restore of the key prefers) when the job realised more than
+    /// SIZE of new NAR; keys are immutable.
+    #[arg(long, value_name = "SIZE", default_value = "64M")]
+    pub resave_threshold: String,
 }
 
 impl ArchiveArgs {
@@ -88,6 +93,12 @@ impl ArchiveArgs {
             .as_deref()
             .map(str::trim)
             .filter(|s| !s.is_empty() && *s != "none")
+    }
+
+    fn resave_threshold(&self) -> Result<u64> {
+        let s = &self.resave_threshold;
+        archive::dir::parse_size(s)
+            .ok_or_else(|| Error::Usage(format!("--resave-threshold {s:?}: expected e.g. 64M")))
     }
 
     fn key_dir(&self) -> &Path {
@@ -262,11 +273,19 @@ fn restore_step(
     }
     let base = snapshot::take(store_root)?;
     let store = Store::open(store_root)?;
+    // An archive that grew on an exact hit is saved as `<key>-g<time>`:
+    // the newest of those wins over the key's first archive.
+    let grown = grown_prefix(&k.key);
+    let (want, prefixes) =
+        match backend.lookup(&format!("{grown}0"), std::slice::from_ref(&grown))? {
+            Some(found) => (found.key, vec![]),
+            None => (k.key.clone(), k.restore_prefixes.clone()),
+        };
     let r = archive::restore(
         &store,
         backend.as_ref(),
-        &k.key,
-        &k.restore_prefixes,
+        &want,
+        &prefixes,
         &ImportOptions::default(),
     )?;
     facts.matched_key = r.matched_key.clone();
@@ -292,6 +311,11 @@ fn restore_step(
         ),
     }
     Ok(r)
+}
+
+/// Keys of the archives saved when an exact hit grew.
+fn grown_prefix(key: &str) -> String {
+    format!("{key}-g")
 }
 
 fn restore_table(facts: &ArchiveFacts, r: Option<&RestoreReport>) -> Table {
@@ -690,15 +714,41 @@ fn save_step(
         derivations_left_out: 0,
         seconds: 0.0,
     };
+    let mut save_key = key.clone();
     if facts.outcome == Outcome::Hit.to_string() {
-        let new = diff::diff(&store, st)?
+        let new = diff::diff(&store, st)?;
+        let (excludes, self_sources) = filters(&store, &new, args)?;
+        let new: Vec<&PathInfo> = new
             .iter()
-            .filter(|i| !i.path.is_derivation())
-            .count();
+            .filter(|i| !i.path.is_derivation() && !self_sources.contains(&i.path))
+            .filter(|i| {
+                let full = i.path.to_absolute(store.store_dir());
+                !excludes.iter().any(|r| r.is_match(&full))
+            })
+            .collect();
+        let bytes: u64 = new.iter().map(|i| i.nar_size).sum();
+        let threshold = a.resave_threshold()?;
+        // Without the pre-restore snapshot (the restore added nothing: all
+        // was there) the diff cannot tell what the archive held: keep it.
+        if new.is_empty() || bytes <= threshold || facts.base.is_none() {
+            eprintln!(
+                "nixdelta: archive: exact key hit, nothing saved ({} new paths, {} of NAR, within --resave-threshold {})",
+                new.len(),
+                mb(bytes),
+                mb(threshold)
+            );
+            return Ok(Some((facts, report)));
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        save_key = format!("{}{now}", grown_prefix(&key));
         eprintln!(
-            "nixdelta: archive: exact key hit, nothing saved ({new} new paths besides .drv files; keys are immutable: a change of the key files saves a new archive)"
+            "nixdelta: archive: exact key hit, but the job realised {} new paths ({} of NAR): saving {save_key}",
+            new.len(),
+            mb(bytes)
         );
-        return Ok(Some((facts, report)));
+        report.key = save_key.clone();
     }
     let backend = archive::open(&facts.backend, facts.read_only)?;
     let base = facts.base.as_deref().unwrap_or(st);
@@ -733,14 +783,14 @@ fn save_step(
         ..SaveOptions::default()
     };
     let sel = archive::select(&store, &roots, &opts)?;
-    let r = archive::save_selection(&store, backend.as_ref(), &key, &sel, &opts, t)?;
+    let r = archive::save_selection(&store, backend.as_ref(), &save_key, &sel, &opts, t)?;
     let what = match r.outcome {
         archive::SaveOutcome::Saved { .. } => "saved",
         archive::SaveOutcome::Exists => "exists already (not saved again)",
         archive::SaveOutcome::ReadOnly => "read-only (not saved)",
     };
     eprintln!(
-        "nixdelta: archive {key}: {what}: {} paths, {} of NAR, {} of archive in {:.2} s",
+        "nixdelta: archive {save_key}: {what}: {} paths, {} of NAR, {} of archive in {:.2} s",
         r.paths,
         mb(r.nar_bytes),
         mb(r.archive_bytes),
@@ -752,7 +802,7 @@ fn save_step(
 fn save_table(facts: &ArchiveFacts, r: &SaveReport) -> Table {
     let mut t = Table::new("nixdelta: store archive save", ("", ""));
     t.row("cache key", format!("`{}`", r.key));
-    if facts.outcome == Outcome::Hit.to_string() {
+    if facts.outcome == Outcome::Hit.to_string() && r.paths == 0 {
         t.row("result", "not saved: exact key hit");
         return t;
     }

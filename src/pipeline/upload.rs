@@ -17,6 +17,8 @@ use crate::store::PathInfo;
 /// After this many cache errors in a row the target is deemed down and the
 /// push stops early with one message, instead of one per path.
 const MAX_CONSECUTIVE_CACHE_ERRORS: usize = 8;
+/// Narinfos written at once when several are ready together.
+const PARALLEL_NARINFOS: usize = 16;
 
 pub struct UploadOptions {
     pub jobs: usize,
@@ -171,29 +173,69 @@ impl<'a> Publisher<'a> {
     }
 
     /// Publishes `i` if ready, then every waiting dependent that became ready.
+    /// The narinfos that are ready together are written in parallel (on a
+    /// network target their round trips would add up), each still only
+    /// after its NAR and its references.
     fn try_publish(&mut self, first: usize) {
         let mut ready = vec![first];
-        while let Some(i) = ready.pop() {
-            if !self.waiting.contains_key(&i) {
-                continue;
-            }
-            if let Some(r) = self.unmet_reference(i) {
-                if let Some(&j) = self.index.get(r) {
-                    self.dependents.entry(j).or_default().push(i);
+        while !ready.is_empty() {
+            let mut wave: Vec<(usize, Packed)> = Vec::new();
+            for i in std::mem::take(&mut ready) {
+                if !self.waiting.contains_key(&i) {
+                    continue;
                 }
-                continue;
-            }
-            let packed = self.waiting.remove(&i).expect("checked above");
-            match self.write_narinfo(i, packed) {
-                Ok(()) => {
-                    let path = self.items[i].info.path.clone();
-                    self.published.insert(path.clone());
-                    self.report.uploaded.push(path);
-                    ready.extend(self.dependents.remove(&i).unwrap_or_default());
+                if let Some(r) = self.unmet_reference(i) {
+                    if let Some(&j) = self.index.get(r) {
+                        self.dependents.entry(j).or_default().push(i);
+                    }
+                    continue;
                 }
-                Err(e) => self.fail(i, e),
+                let packed = self.waiting.remove(&i).expect("checked above");
+                wave.push((i, packed));
+            }
+            for (i, result) in self.write_narinfos(wave) {
+                match result {
+                    Ok(()) => {
+                        let path = self.items[i].info.path.clone();
+                        self.published.insert(path.clone());
+                        self.report.uploaded.push(path);
+                        ready.extend(self.dependents.remove(&i).unwrap_or_default());
+                    }
+                    Err(e) => self.fail(i, e),
+                }
             }
         }
+    }
+
+    /// Writes the narinfos of a wave, up to [`PARALLEL_NARINFOS`] at once.
+    fn write_narinfos(&self, mut wave: Vec<(usize, Packed)>) -> Vec<(usize, Result<()>)> {
+        if wave.len() <= 1 {
+            return wave
+                .pop()
+                .map(|(i, p)| vec![(i, self.write_narinfo(i, p))])
+                .unwrap_or_default();
+        }
+        let threads = wave.len().min(PARALLEL_NARINFOS);
+        let queue = std::sync::Mutex::new(wave);
+        std::thread::scope(|s| {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut done = Vec::new();
+                        loop {
+                            let next = queue.lock().expect("narinfo queue").pop();
+                            let Some((i, p)) = next else { break };
+                            done.push((i, self.write_narinfo(i, p)));
+                        }
+                        done
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().expect("narinfo writer panicked"))
+                .collect()
+        })
     }
 
     fn write_narinfo(&self, i: usize, packed: Packed) -> Result<()> {

@@ -318,20 +318,24 @@ fn check_contents(cache: &dyn BinaryCache, info: &NarInfo) -> Result<Contents, S
     let mut nar_hasher = Sha256::new();
     let mut nar_size = 0u64;
     let mut buf = vec![0u8; 256 << 10];
+    let mut faults = Vec::new();
     loop {
-        let n = match nar.read(&mut buf) {
+        match nar.read(&mut buf) {
             Ok(0) => break,
-            Ok(n) => n,
-            Err(e) => return Ok(Contents::Checked(vec![format!("NAR {}: {e}", info.url)])),
-        };
-        nar_hasher.update(&buf[..n]);
-        nar_size += n as u64;
+            Ok(n) => {
+                nar_hasher.update(&buf[..n]);
+                nar_size += n as u64;
+            }
+            Err(e) => {
+                faults.push(format!("NAR {} does not decompress: {e}", info.url));
+                break;
+            }
+        }
     }
     // Whatever the decoder left unread still belongs to the file.
     drop(nar);
     let (file_hash, file_size) = file_state.finish();
     let nar_hash = Sha256Hash(nar_hasher.finalize().into());
-    let mut faults = Vec::new();
     if let Some(want) = &info.file_hash {
         if *want != file_hash {
             faults.push(format!(
@@ -348,7 +352,7 @@ fn check_contents(cache: &dyn BinaryCache, info: &NarInfo) -> Result<Contents, S
             ));
         }
     }
-    if nar_hash != info.nar_hash || nar_size != info.nar_size {
+    if faults.is_empty() && (nar_hash != info.nar_hash || nar_size != info.nar_size) {
         faults.push(format!(
             "NAR {} unpacks to {nar_hash} ({nar_size} bytes), narinfo says {} ({} bytes)",
             info.url, info.nar_hash, info.nar_size
@@ -406,12 +410,8 @@ impl Drop for HashingReader {
 
 impl HashState {
     fn finish(self) -> (Sha256Hash, u64) {
-        let m = std::sync::Arc::try_unwrap(self.0)
-            .ok()
-            .expect("reader dropped")
-            .into_inner()
-            .expect("hash state");
-        (Sha256Hash(m.0.finalize().into()), m.1)
+        let s = self.0.lock().expect("hash state");
+        (Sha256Hash(s.0.clone().finalize().into()), s.1)
     }
 }
 

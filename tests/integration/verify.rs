@@ -74,7 +74,7 @@ fn verify_file_cache_clean_then_each_fault_listed() {
     has(&h1, "signature by a trusted key does not verify");
     has(&h1, "unpacks to");
     has(&h2, "has file hash");
-    has(&h2, "unpacks to");
+    has(&h2, "does not decompress");
     has(&h3, "is missing");
     has(
         &hash("-chain-2"),
