@@ -6,8 +6,8 @@
 //! * **direct** (the store dir and DB are writable: root, a single-user
 //!   install, a chroot store): NARs are unpacked by several threads into
 //!   temporary names in the store dir with Nix's canonical metadata,
-//!   verified, renamed into place under Nix's own path locks, and registered
-//!   in batches with `nix-store --load-db` (the `--register-validity
+//!   verified, renamed into place under Nix's own path locks (held for
+//!   the rename), and registered in batches with `nix-store --load-db` (the `--register-validity
 //!   --hash-given` format; `--register-validity` itself re-canonicalises
 //!   through the logical path, which breaks chroot stores in Nix 2.8).
 //!   Registration carries narHash, narSize, references and deriver; Nix's
@@ -669,6 +669,9 @@ fn unpack_one(
             return Err(mismatch(e, got, store_dir));
         }
         let dest = real_store.join(e.path.to_string());
+        // Nix's lock, held for the swap only: holding it until the batch is
+        // registered could deadlock two restores that wait for each other's
+        // paths. Registration skips paths someone else registered meanwhile.
         let lock = PathLock::acquire(&dest).map_err(|err| format!("locking {abs}: {err}"))?;
         if std::fs::symlink_metadata(&dest).is_ok() {
             // An invalid leftover (or a concurrent copy of the same
@@ -677,7 +680,8 @@ fn unpack_one(
         } else {
             std::fs::rename(&tmp, &dest).map_err(|err| format!("renaming into {abs}: {err}"))?;
         }
-        Ok(Placed { lock: Some(lock) })
+        drop(lock);
+        Ok(Placed { lock: None })
     })();
     if let Err(err) = nar_unpack::remove_tree(&tmp) {
         tracing::warn!("cannot remove {}: {err}", tmp.display());

@@ -38,6 +38,10 @@ pub const MULTIPART_FROM: u64 = 32 << 20;
 const PART_SIZE: u64 = 16 << 20;
 /// S3 allows 10 000 parts per upload.
 const MAX_PARTS: u64 = 10_000;
+/// Existence checks of at least this many narinfos list the bucket instead
+/// (one request per 1 000 objects), if that takes at most one request per
+/// this many paths.
+const LIST_FROM: usize = 50;
 /// Parts of one upload in flight at once.
 const PARALLEL_PARTS: usize = 4;
 /// How long a presigned URL is valid; each attempt signs anew.
@@ -192,6 +196,47 @@ impl S3Cache {
 }
 
 impl Inner {
+    /// Names of the objects directly under `dir`; `None` when that takes
+    /// more than `max_pages` requests.
+    fn list(&self, dir: &str, max_pages: Option<usize>) -> Result<Option<Vec<String>>> {
+        let dir = dir.trim_matches('/');
+        let prefix = if dir.is_empty() {
+            self.prefix.clone()
+        } else {
+            format!("{}{dir}/", self.prefix)
+        };
+        let mut names = Vec::new();
+        let mut token: Option<String> = None;
+        for page_no in 1.. {
+            if max_pages.is_some_and(|m| page_no > m) {
+                return Ok(None);
+            }
+            let body = self.net.send_ok("GET", &format!("/{dir} (list)"), 0, |c| {
+                let mut a: ListObjectsV2 = self.bucket.list_objects_v2(self.creds());
+                a.with_prefix(prefix.as_str());
+                a.with_delimiter("/");
+                if let Some(t) = &token {
+                    a.with_continuation_token(t.as_str());
+                }
+                c.get(a.sign(SIGNATURE_TTL))
+            })?;
+            let page = ListObjectsV2::parse_response(&body)
+                .map_err(|e| self.net.err(format!("listing /{dir}: {e}")))?;
+            names.extend(
+                page.contents
+                    .iter()
+                    .filter_map(|o| o.key.strip_prefix(&prefix))
+                    .filter(|n| !n.is_empty() && !n.contains('/'))
+                    .map(str::to_string),
+            );
+            match page.next_continuation_token {
+                Some(t) if !t.is_empty() => token = Some(t),
+                _ => break,
+            }
+        }
+        Ok(Some(names))
+    }
+
     fn key(&self, rel: &str) -> String {
         format!("{}{rel}", self.prefix)
     }
@@ -405,45 +450,28 @@ impl BinaryCache for S3Cache {
         }))
     }
 
+    /// Many paths: one listing of the cache's narinfos (1 000 per request)
+    /// when that is cheaper than a HEAD each; else HEADs, 32 at a time.
     fn has_narinfos(&self, paths: &[StorePath]) -> Result<Vec<bool>> {
+        if paths.len() >= LIST_FROM {
+            let max_pages = paths.len() / LIST_FROM;
+            match self.inner.list("", Some(max_pages)) {
+                Ok(Some(names)) => {
+                    let names: std::collections::HashSet<String> = names.into_iter().collect();
+                    return Ok(paths
+                        .iter()
+                        .map(|p| names.contains(&narinfo_name(p)))
+                        .collect());
+                }
+                Ok(None) => tracing::debug!("more narinfos than worth listing: HEAD each"),
+                Err(e) => tracing::debug!("cannot list the bucket ({e}): HEAD each"),
+            }
+        }
         parallel_map(paths, MAX_IN_FLIGHT, |p| self.exists(&narinfo_name(p)))
     }
 
     fn list(&self, dir: &str) -> Result<Vec<String>> {
-        let i = &self.inner;
-        let dir = dir.trim_matches('/');
-        let prefix = if dir.is_empty() {
-            i.prefix.clone()
-        } else {
-            format!("{}{dir}/", i.prefix)
-        };
-        let mut names = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let body = i.net.send_ok("GET", &format!("/{dir} (list)"), 0, |c| {
-                let mut a: ListObjectsV2 = i.bucket.list_objects_v2(i.creds());
-                a.with_prefix(prefix.as_str());
-                a.with_delimiter("/");
-                if let Some(t) = &token {
-                    a.with_continuation_token(t.as_str());
-                }
-                c.get(a.sign(SIGNATURE_TTL))
-            })?;
-            let page = ListObjectsV2::parse_response(&body)
-                .map_err(|e| i.net.err(format!("listing /{dir}: {e}")))?;
-            names.extend(
-                page.contents
-                    .iter()
-                    .filter_map(|o| o.key.strip_prefix(&prefix))
-                    .filter(|n| !n.is_empty() && !n.contains('/'))
-                    .map(str::to_string),
-            );
-            match page.next_continuation_token {
-                Some(t) if !t.is_empty() => token = Some(t),
-                _ => break,
-            }
-        }
-        Ok(names)
+        Ok(self.inner.list(dir, None)?.unwrap_or_default())
     }
 
     fn request_summary(&self) -> Option<String> {
