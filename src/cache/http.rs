@@ -291,10 +291,10 @@ impl NarUpload for HttpNar {
         let data = spool
             .finish()
             .map_err(|e| inner.net.err(format!("spooling {rel}: {e}")))?;
-        let (job, name) = (inner.clone(), rel.to_string());
+        let (job, name, len) = (inner.clone(), rel.to_string(), data.len());
         inner
             .background
-            .start(rel, move || job.upload_nar(&name, &data));
+            .start(rel, len, move || job.upload_nar(&name, &data));
         Ok(())
     }
 }

@@ -245,6 +245,34 @@ mod tests {
     }
 
     #[test]
+    fn background_uploads_gate_narinfos() {
+        let bg = Arc::new(Background::default());
+        let runs = Arc::new(AtomicUsize::new(0));
+        for (rel, ok) in [("nar/a", true), ("nar/b", false), ("nar/a", true)] {
+            let runs = runs.clone();
+            bg.start(rel, 10, move || {
+                runs.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(20));
+                if ok {
+                    Ok(())
+                } else {
+                    Err(Error::cache("u", "HTTP 500"))
+                }
+            });
+        }
+        assert_eq!(bg.wait("nar/a"), Ok(()));
+        assert_eq!(bg.wait("nar/b"), Err("HTTP 500".to_string()));
+        assert_eq!(bg.wait("nar/never-started"), Ok(()));
+        bg.wait_all();
+        // The same NAR twice is uploaded once.
+        assert_eq!(runs.load(Ordering::Relaxed), 2);
+        assert_eq!(
+            narinfo_nar_url(b"StorePath: /nix/store/x\nURL: nar/abc.nar.zst\n").as_deref(),
+            Some("nar/abc.nar.zst")
+        );
+    }
+
+    #[test]
     fn display_url_drops_secrets() {
         let u = url::Url::parse("https://me:secret@host:8080/cache/?token=x").unwrap();
         assert_eq!(display_url(&u), "https://host:8080/cache");
@@ -264,6 +292,7 @@ pub struct Background {
 #[derive(Debug, Default)]
 struct BackgroundState {
     in_flight: usize,
+    bytes_in_flight: u64,
     /// NAR → `None` while uploading, then its outcome.
     nars: HashMap<String, Option<Result<(), String>>>,
 }
@@ -271,6 +300,8 @@ struct BackgroundState {
 /// Uploads in flight at once (each holds one spooled NAR: ≤ 1 MiB of memory
 /// or an unlinked temp file); more wait, which holds back compression.
 pub const MAX_BACKGROUND: usize = 8;
+/// Spooled bytes waiting for upload, at most (one larger NAR goes alone).
+pub const MAX_BACKGROUND_BYTES: u64 = 1 << 30;
 
 impl Background {
     /// Runs `upload` of `rel` in the background once a slot is free. A NAR
@@ -279,10 +310,13 @@ impl Background {
     pub fn start(
         self: &Arc<Self>,
         rel: &str,
+        bytes: u64,
         upload: impl FnOnce() -> Result<()> + Send + 'static,
     ) {
         let mut st = self.state.lock().expect("background state");
-        while st.in_flight >= MAX_BACKGROUND {
+        while st.in_flight >= MAX_BACKGROUND
+            || (st.in_flight > 0 && st.bytes_in_flight + bytes > MAX_BACKGROUND_BYTES)
+        {
             st = self.cond.wait(st).expect("background state");
         }
         if matches!(st.nars.get(rel), Some(None) | Some(Some(Ok(())))) {
@@ -290,6 +324,7 @@ impl Background {
         }
         st.nars.insert(rel.to_string(), None);
         st.in_flight += 1;
+        st.bytes_in_flight += bytes;
         drop(st);
         let me = self.clone();
         let rel = rel.to_string();
@@ -301,6 +336,7 @@ impl Background {
             let mut st = me.state.lock().expect("background state");
             st.nars.insert(rel, Some(outcome));
             st.in_flight -= 1;
+            st.bytes_in_flight -= bytes;
             me.cond.notify_all();
         });
     }
