@@ -10,3 +10,4 @@ pub mod snapshot;
 pub mod summary;
 pub mod upload;
 pub mod verify;
+pub mod warm;

@@ -7,6 +7,7 @@
 
 mod cli;
 mod db;
+pub mod substitute;
 
 use std::path::{Path, PathBuf};
 
