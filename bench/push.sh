@@ -65,7 +65,7 @@ bytes_in() { find "$1" -type f -printf '%s\n' | awk '{s += $1} END {printf "%d",
 
 run_nixdelta() {
   local out=$1
-  /usr/bin/time -f '%M' -o "$out.rss" \
+  /usr/bin/time -f '%M %U %S' -o "$out.rss" \
     "$BIN" push ${JOBS:+--jobs "$JOBS"} --to "file://$out" --secret-key-file "$SEC" "${PATHS[@]}" \
     >"$out.log" 2>&1
   grep -q " 0 already cached, ${#PATHS[@]} uploaded" "$out.log" \
@@ -74,29 +74,36 @@ run_nixdelta() {
 
 run_nixcopy() {
   local out=$1
-  /usr/bin/time -f '%M' -o "$out.rss" \
+  /usr/bin/time -f '%M %U %S' -o "$out.rss" \
     nix copy --to "file://$out?compression=zstd&secret-key=$SEC" "${PATHS[@]}" >"$out.log" 2>&1
 }
 
 # The limit: one NAR stream (nix-store --export), zstd -3 on all cores, and
-# a SHA-NI sha256 of the stream beside it.
+# a SHA-NI sha256 of the stream beside it. Debian's coreutils sha256sum
+# (9.1, built without OpenSSL) does not use SHA-NI: ~360 MB/s a core here,
+# against ~1.6 GB/s for `openssl dgst -sha256`, so openssl is used if present.
+if command -v openssl >/dev/null; then SHA='openssl dgst -sha256'; else SHA=sha256sum; fi
+export SHA
 run_limit() {
   local out=$1
   mkdir -p "$out"
   mkfifo "$out.fifo"
-  /usr/bin/time -f '%M' -o "$out.rss" bash -c '
+  /usr/bin/time -f '%M %U %S' -o "$out.rss" bash -c '
     set -o pipefail
     out=$1
     shift
     zstd -3 -T0 -q <"$out.fifo" >"$out/export.zst" &
     z=$!
-    nix-store --export "$@" | tee "$out.fifo" | sha256sum >"$out.sha256"
+    nix-store --export "$@" | tee "$out.fifo" | $SHA >"$out.sha256"
     wait $z' _ "$out" "${PATHS[@]}" >"$out.log" 2>&1
 }
 
 TOOLS=(nixdelta nixcopy limit)
-declare -A NAME=([nixdelta]='nixdelta push' [nixcopy]='nix copy' [limit]='limit: export → zstd -3 -T0 + sha256sum')
-printf 'round\ttool\tseconds\trss_kib\tbytes\n' >"$T/runs.tsv"
+declare -A NAME=([nixdelta]='nixdelta push' [nixcopy]='nix copy' [limit]="limit: export → zstd -3 -T0 + ${SHA%% *} sha256")
+printf 'round\ttool\tseconds\trss_kib\tbytes\tcpu_seconds\n' >"$T/runs.tsv"
+# CPU pressure (PSI): how much of the run other load kept runnable tasks waiting
+psi() { sed -n 's/^some .*total=//p' /proc/pressure/cpu 2>/dev/null || echo 0; }
+psi0=$(psi) run0=$EPOCHREALTIME
 for ((r = 1; r <= ROUNDS; r++)); do
   for ((k = 0; k < ${#TOOLS[@]}; k++)); do
     # rotate the order each round so no tool always runs first
@@ -108,20 +115,24 @@ for ((r = 1; r <= ROUNDS; r++)); do
     secs=$(echo "$t1 - $t0" | bc -l)
     size=$(bytes_in "$out")
     [ "$tool" = limit ] || size=$(bytes_in "$out/nar")
-    rss=$(tail -n1 "$out.rss")
-    printf '%d\t%s\t%.3f\t%d\t%d\n' "$r" "$tool" "$secs" "$rss" "$size" >>"$T/runs.tsv"
-    log "$(printf 'round %d  %-9s %7.2f s  %8.1f MB/s  %6.1f MiB RSS  %8.1f MB out' \
-      "$r" "$tool" "$secs" "$(echo "$NAR / 1000000 / $secs" | bc -l)" \
+    read -r rss user sys < <(tail -n1 "$out.rss")
+    cpu=$(echo "$user + $sys" | bc -l)
+    printf '%d\t%s\t%.3f\t%d\t%d\t%.2f\n' "$r" "$tool" "$secs" "$rss" "$size" "$cpu" >>"$T/runs.tsv"
+    log "$(printf 'round %d  %-9s %7.2f s  %8.1f MB/s  %6.2f s CPU  %6.1f MiB RSS  %8.1f MB out' \
+      "$r" "$tool" "$secs" "$(echo "$NAR / 1000000 / $secs" | bc -l)" "$cpu" \
       "$(echo "$rss / 1024" | bc -l)" "$(echo "$size / 1000000" | bc -l)")"
   done
 done
 
+psi1=$(psi) run1=$EPOCHREALTIME
+
 # --- report -----------------------------------------------------------------
 median() { sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 col() { awk -F'\t' -v t="$1" -v c="$2" 'NR > 1 && $2 == t {print $c}' "$T/runs.tsv"; }
-declare -A SECS SIZE RSS
+declare -A SECS SIZE RSS CPU
 for tool in "${TOOLS[@]}"; do
   SECS[$tool]=$(col "$tool" 3 | median)
+  CPU[$tool]=$(col "$tool" 6 | median)
   SIZE[$tool]=$(col "$tool" 5 | median)
   RSS[$tool]=$(col "$tool" 4 | sort -n | tail -n1)
 done
@@ -133,10 +144,12 @@ printf '\n### SCALE=%s: %d paths, %.1f MB of NAR, %d rounds\n\n' \
   "$TAG" "${#PATHS[@]}" "$(echo "$NAR / 1000000" | bc -l)" "$ROUNDS"
 printf '%s, %d cores; %s; zstd %s; nixdelta %s\n\n' "$cpu" "$(nproc)" "$(nix --version)" \
   "$(zstd -V | grep -o 'v[0-9.]*' | head -n1)" "${VERSION:-$BIN}"
-printf '| tool | median wall (s) | NAR MB/s | compressed MB | peak RSS (MiB) |\n'
-printf '|---|---:|---:|---:|---:|\n'
+printf 'CPU pressure during the measurements (PSI "some"): %.0f %% of the time\n\n' \
+  "$(echo "($psi1 - $psi0) / 10000 / ($run1 - $run0)" | bc -l)"
+printf '| tool | median wall (s) | NAR MB/s | CPU s (user+sys) | compressed MB | peak RSS (MiB) |\n'
+printf '|---|---:|---:|---:|---:|---:|\n'
 for tool in "${TOOLS[@]}"; do
-  printf '| %s | %.2f | %.1f | %.1f | %.1f |\n' "${NAME[$tool]}" "${SECS[$tool]}" "$(mbps "$tool")" \
+  printf '| %s | %.2f | %.1f | %.2f | %.1f | %.1f |\n' "${NAME[$tool]}" "${SECS[$tool]}" "$(mbps "$tool")" "${CPU[$tool]}" \
     "$(echo "${SIZE[$tool]} / 1000000" | bc -l)" "$(echo "${RSS[$tool]} / 1024" | bc -l)"
 done
 speed=$(ratio "$(mbps nixdelta)" "$(mbps nixcopy)")

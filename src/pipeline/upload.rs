@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use crate::cache::{narinfo_name, BinaryCache};
@@ -64,17 +64,23 @@ pub fn upload(
     drop(work_tx);
     let (done_tx, done_rx) = crossbeam_channel::unbounded::<(usize, Result<Packed>)>();
     let stop = AtomicBool::new(false);
+    // NAR bytes no worker has taken yet: decides when zstd gets threads.
+    let queued = AtomicU64::new(items.iter().map(|it| it.info.nar_size).sum());
     let mut publisher = Publisher::new(&items, present, cache, key, store_dir);
     std::thread::scope(|s| {
         for _ in 0..opts.jobs.max(1) {
             let (work_rx, done_tx, stop, items) = (work_rx.clone(), done_tx.clone(), &stop, &items);
+            let queued = &queued;
             s.spawn(move || {
                 for i in work_rx {
                     if stop.load(Ordering::Relaxed) {
                         break;
                     }
                     let item = &items[i];
-                    let r = pack(&item.info, &item.real_path, cache, store_dir, opts.pack);
+                    let size = item.info.nar_size;
+                    let left = queued.fetch_sub(size, Ordering::Relaxed) - size;
+                    let pack_opts = opts.pack.for_path(size, left, opts.jobs.max(1));
+                    let r = pack(&item.info, &item.real_path, cache, store_dir, pack_opts);
                     if done_tx.send((i, r)).is_err() {
                         break;
                     }
