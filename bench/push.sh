@@ -101,7 +101,8 @@ run_limit() {
 TOOLS=(nixdelta nixcopy limit)
 declare -A NAME=([nixdelta]='nixdelta push' [nixcopy]='nix copy' [limit]="limit: export → zstd -3 -T0 + ${SHA%% *} sha256")
 printf 'round\ttool\tseconds\trss_kib\tbytes\tcpu_seconds\n' >"$T/runs.tsv"
-# CPU pressure (PSI): how much of the run other load kept runnable tasks waiting
+# CPU pressure (PSI): share of the time a runnable task waited for a core
+# (the tools' own threads count too, but a high value means other load)
 psi() { sed -n 's/^some .*total=//p' /proc/pressure/cpu 2>/dev/null || echo 0; }
 psi0=$(psi) run0=$EPOCHREALTIME
 for ((r = 1; r <= ROUNDS; r++)); do
@@ -144,7 +145,7 @@ printf '\n### SCALE=%s: %d paths, %.1f MB of NAR, %d rounds\n\n' \
   "$TAG" "${#PATHS[@]}" "$(echo "$NAR / 1000000" | bc -l)" "$ROUNDS"
 printf '%s, %d cores; %s; zstd %s; nixdelta %s\n\n' "$cpu" "$(nproc)" "$(nix --version)" \
   "$(zstd -V | grep -o 'v[0-9.]*' | head -n1)" "${VERSION:-$BIN}"
-printf 'CPU pressure during the measurements (PSI "some"): %.0f %% of the time\n\n' \
+printf 'CPU pressure during the measurements (PSI some, incl. the tools themselves): %.0f %%\n\n' \
   "$(echo "($psi1 - $psi0) / 10000 / ($run1 - $run0)" | bc -l)"
 printf '| tool | median wall (s) | NAR MB/s | CPU s (user+sys) | compressed MB | peak RSS (MiB) |\n'
 printf '|---|---:|---:|---:|---:|---:|\n'

@@ -6,3 +6,4 @@ pub mod keygen;
 pub mod push;
 pub mod track;
 pub mod verify;
+pub mod warm;

@@ -84,6 +84,18 @@ pub struct ArchiveArgs {
     /// SIZE of new NAR; keys are immutable.
     #[arg(long, value_name = "SIZE", default_value = "64M")]
     pub resave_threshold: String,
+    /// Warm start: before the snapshot, substitute the paths an earlier job
+    /// with this cache key left in the binary cache at URL (its signed
+    /// manifest). Nix must be able to read URL (file://, http(s)://).
+    #[arg(long, value_name = "URL", env = "NIXDELTA_RESTORE_FROM_CACHE")]
+    pub restore_from_cache: Option<String>,
+    /// Key (`name:base64`, or a file) that must have signed the warm-start
+    /// manifest and the paths. Repeatable.
+    #[arg(long, value_name = "KEY")]
+    pub trusted_public_key: Vec<String>,
+    /// Do not write the warm-start manifest into the binary cache on finish.
+    #[arg(long)]
+    pub no_warm_manifest: bool,
 }
 
 impl ArchiveArgs {
@@ -101,7 +113,7 @@ impl ArchiveArgs {
             .ok_or_else(|| Error::Usage(format!("--resave-threshold {s:?}: expected e.g. 64M")))
     }
 
-    fn key_dir(&self) -> &Path {
+    pub(crate) fn key_dir(&self) -> &Path {
         if self.key_dir.as_os_str().is_empty() {
             Path::new(".")
         } else {
@@ -207,6 +219,19 @@ pub fn start(store_root: Option<&Path>, args: &StartArgs) -> Result<i32> {
 /// The archive restore (when asked), then the snapshot. A restore that
 /// fails is a warning unless `strict`; the snapshot is taken either way.
 fn begin(store_root: Option<&Path>, a: &ArchiveArgs, strict: bool) -> Result<State> {
+    if let Some(url) = &a.restore_from_cache {
+        let warmed = {
+            let _g = ci::group("nixdelta: warm start from the binary cache");
+            super::warm::restore(store_root, url, a)
+        };
+        match warmed {
+            Ok(()) => {}
+            Err(e) if strict || matches!(e, Error::Usage(_)) => return Err(e),
+            Err(e) => ci::frontend().warning(&format!(
+                "warm start from {url} failed (not failing the job; use --strict to): {e}"
+            )),
+        }
+    }
     let Some(spec) = a.spec() else {
         return snapshot::take(store_root);
     };
@@ -356,7 +381,7 @@ fn restore_table(facts: &ArchiveFacts, r: Option<&RestoreReport>) -> Table {
 
 /// A chroot store restored into may not exist yet (a fresh runner's cache
 /// directory): let Nix create it.
-fn init_chroot_store(root: &Path) -> Result<()> {
+pub(crate) fn init_chroot_store(root: &Path) -> Result<()> {
     if Store::exists(Some(root)) {
         return Ok(());
     }
@@ -430,8 +455,15 @@ pub fn finish_with(
                 fe.set_output("pushed-paths", "0");
                 fe.set_output("pushed-bytes", "0");
             }
-            if let Some(e) = p.error {
-                faults.push(e);
+            match (p.error, &p.plan, &p.report, &args.to) {
+                (Some(e), ..) => faults.push(e),
+                (None, Some(plan), Some(report), Some(to)) if !a.no_warm_manifest => {
+                    let wrote = super::warm::write(store_root, to, &args.upload, a, plan, report);
+                    if let Err(e) = wrote {
+                        faults.push(e);
+                    }
+                }
+                _ => {}
             }
         }
         Err(e) if matches!(e, Error::Usage(_)) => return Err(e),

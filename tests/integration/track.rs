@@ -105,13 +105,9 @@ fn sri(path: &Path, flat: bool) -> String {
     format!("sha256:{h}")
 }
 
-/// IFD output, `builtins.fetchurl` and `builtins.fetchTarball` results are
-/// captured and pushed; a fresh store evaluates (IFD substituted) and builds
-/// with nothing built.
-#[test]
-fn eval_time_paths_are_pushed() {
-    let env = Env::new();
-    let (sec, public) = env.keygen("k-1");
+/// A file for `builtins.fetchurl` and a tarball for `builtins.fetchTarball`
+/// served from `file://` URLs, and the `--argstr`s of eval-time.nix.
+fn eval_fixture(env: &Env) -> Vec<(&'static str, String)> {
     let data = env.path("data.txt");
     std::fs::write(&data, "fetched by url\n").unwrap();
     let src = env.path("tar/src");
@@ -124,18 +120,30 @@ fn eval_time_paths_are_pushed() {
         .arg("-C")
         .arg(env.path("tar"))
         .arg("src"));
-    let args = [
+    vec![
         ("fileUrl", format!("file://{}", data.display())),
         ("fileHash", sri(&data, true)),
         ("tarUrl", format!("file://{}", tar.display())),
         ("tarHash", sri(&src, false)),
-    ];
-    let nix_args = |cmd: &mut Command| {
-        cmd.arg(example("eval-time.nix"));
-        for (k, v) in &args {
-            cmd.args(["--argstr", k, v]);
-        }
-    };
+    ]
+}
+
+fn eval_args(cmd: &mut Command, args: &[(&str, String)]) {
+    cmd.arg(example("eval-time.nix"));
+    for (k, v) in args {
+        cmd.args(["--argstr", k, v]);
+    }
+}
+
+/// IFD output, `builtins.fetchurl` and `builtins.fetchTarball` results are
+/// captured and pushed; a fresh store evaluates (IFD substituted) and builds
+/// with nothing built.
+#[test]
+fn eval_time_paths_are_pushed() {
+    let env = Env::new();
+    let (sec, public) = env.keygen("k-1");
+    let args = eval_fixture(&env);
+    let nix_args = |cmd: &mut Command| eval_args(cmd, &args);
     let mut run = env.nixdelta(&["run"]);
     run.args(push_args(&env, &sec))
         .args(["--", "nix-build", "--store"])
@@ -473,4 +481,94 @@ fn cli_fallback_gives_the_same_diff() {
 fn unsafe_getuid() -> u32 {
     let out = Command::new("id").arg("-u").output().unwrap();
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// Warm start from the binary cache alone: `finish` leaves a signed manifest
+/// under the cache key; on a fresh machine whose fetch URLs are gone, `start
+/// --restore-from-cache` substitutes the fetched sources and IFD output so
+/// that evaluation needs no network; Nix itself would re-download them.
+#[test]
+fn warm_start_makes_fetchers_evaluate_offline() {
+    let env = Env::new();
+    let (sec, public) = env.keygen("k-1");
+    let args = eval_fixture(&env);
+    let repo = env.path("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    std::fs::write(
+        repo.join("flake.lock"),
+        r#"{"nodes":{"root":{}},"root":"root","version":7}"#,
+    )
+    .unwrap();
+    let mut run = env.nixdelta(&["run"]);
+    run.args(push_args(&env, &sec)).arg("--key-dir").arg(&repo);
+    run.args(["--", "nix-build", "--store"]).arg(env.store());
+    eval_args(&mut run, &args);
+    run.args(["-A", "result", "--no-out-link"]);
+    let r = ok(&mut run);
+    assert!(
+        stderr(&r).contains("warm-start manifest nixdelta/nixdelta-v1-"),
+        "{}",
+        show(&r)
+    );
+    let result = stdout_lines(&r).pop().unwrap();
+
+    // The fetch URLs vanish: only the binary cache can provide the sources.
+    std::fs::remove_file(env.path("data.txt")).unwrap();
+    std::fs::remove_file(env.path("src.tar.gz")).unwrap();
+    let build_fresh = |store: &str| {
+        let mut b = env.nix_on(&env.path(store), "nix-build");
+        eval_args(&mut b, &args);
+        b.args(["-A", "result", "--no-out-link", "--max-jobs", "0"]);
+        b.args(["--option", "substituters", &env.cache_url()]);
+        b.args(["--option", "trusted-public-keys", &public]);
+        b.output().unwrap()
+    };
+    let cold = build_fresh("cold");
+    assert!(
+        !cold.status.success(),
+        "Nix evaluated without the sources: {}",
+        show(&cold)
+    );
+
+    // A manifest signed by a key we do not trust is refused.
+    let other = Env::new().keygen("k-1").1;
+    let mut bad = nixdelta();
+    bad.arg("--store")
+        .arg(env.path("warm"))
+        .args(["start", "--strict", "--state-dir"]);
+    bad.arg(env.path("state-bad"))
+        .args(["--restore-from-cache", &env.cache_url()]);
+    bad.args(["--trusted-public-key", &other])
+        .arg("--key-dir")
+        .arg(&repo);
+    let b = bad.output().unwrap();
+    assert_eq!(b.status.code(), Some(6), "{}", show(&b));
+    assert!(
+        stderr(&b).contains("not signed by a trusted key"),
+        "{}",
+        show(&b)
+    );
+
+    let mut start = nixdelta();
+    start
+        .arg("--store")
+        .arg(env.path("warm"))
+        .args(["start", "--state-dir"]);
+    start
+        .arg(env.path("state"))
+        .args(["--restore-from-cache", &env.cache_url()]);
+    start
+        .args(["--trusted-public-key", &public])
+        .arg("--key-dir")
+        .arg(&repo);
+    let s = ok(&mut start);
+    assert!(
+        stderr(&s).contains("warm start from nixdelta/nixdelta-v1-"),
+        "{}",
+        show(&s)
+    );
+    let warm = build_fresh("warm");
+    assert!(warm.status.success(), "{}", show(&warm));
+    let text = std::fs::read_to_string(env.path("warm").join(&result[1..])).unwrap();
+    assert_eq!(text, "42\nfetched by url\nfrom a tarball\n");
 }
