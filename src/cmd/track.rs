@@ -895,8 +895,20 @@ pub fn run(
     a: &ArchiveArgs,
     command: &[String],
 ) -> Result<i32> {
-    let st = begin(store_root, a, args.strict)?;
+    // The user's command runs even when nixdelta cannot take a snapshot
+    // (unless --strict): a cache tool must not stop the build.
+    let st = match begin(store_root, a, args.strict) {
+        Ok(st) => Some(st),
+        Err(e) if args.strict || matches!(e, Error::Usage(_)) => return Err(e),
+        Err(e) => {
+            ci::frontend().warning(&format!(
+                "not tracking this run (nothing will be pushed): {e}"
+            ));
+            None
+        }
+    };
     let code = run_command(command)?;
+    let Some(st) = st else { return Ok(code) };
     if code != 0 {
         eprintln!("nixdelta: command exited with {code}; pushing what it realised anyway");
     }

@@ -169,3 +169,32 @@ fn corrupted_store_path_is_refused() {
     let nars = std::fs::read_dir(env.path("cache/nar")).unwrap().count();
     assert!(nars <= 6, "no NAR of the corrupt path: {nars}");
 }
+
+/// A store nixdelta cannot read must not stop the build: `run` warns, runs
+/// the command, and exits with its code (with --strict it refuses instead).
+#[test]
+fn run_still_runs_the_command_when_the_store_is_unreadable() {
+    let env = Env::new();
+    // A directory where the DB file should be: neither SQLite nor Nix can open it.
+    std::fs::create_dir_all(env.store().join("nix/var/nix/db/db.sqlite")).unwrap();
+    let out = env
+        .nixdelta(&["run", "--", "sh", "-c", "echo ran; exit 3"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ran\n");
+    assert!(
+        stderr(&out).contains("not tracking this run"),
+        "{}",
+        show(&out)
+    );
+    let strict = env
+        .nixdelta(&["run", "--strict", "--", "sh", "-c", "echo ran"])
+        .output()
+        .unwrap();
+    assert_eq!(strict.status.code(), Some(3), "{}", show(&strict));
+    assert!(
+        strict.stdout.is_empty(),
+        "the command must not run under --strict"
+    );
+}
