@@ -56,10 +56,6 @@ SEC=$T/keys/bench-1.sec
 # Warm the page cache so no tool pays for the first read from disk.
 nix-store --export "${PATHS[@]}" >/dev/null
 
-# nixdelta (at least up to 3d0d7eb) looks for the system store's DB relative
-# to the working directory: run everything from /.
-cd /
-
 # --- one measured run: wall seconds, peak RSS (KiB), compressed bytes -------
 bytes_in() { find "$1" -type f -printf '%s\n' | awk '{s += $1} END {printf "%d", s}'; }
 
@@ -88,6 +84,7 @@ run_limit() {
   local out=$1
   mkdir -p "$out"
   mkfifo "$out.fifo"
+  # shellcheck disable=SC2016 # the inner script expands its own arguments
   /usr/bin/time -f '%M %U %S' -o "$out.rss" bash -c '
     set -o pipefail
     out=$1
