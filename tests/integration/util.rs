@@ -180,11 +180,22 @@ pub struct Workload {
 /// `workdir` (its own folder is read-only). Instant when already built.
 pub fn build_workload(workdir: &Path, scale: &str, salt: &str) -> Workload {
     let script = shared_dir().join("bench").join("make-workload.sh");
-    ok(Command::new(&script)
-        .env("NIX_CONFIG", NIX_CONFIG)
-        .env("WORKDIR", workdir)
-        .env("SCALE", scale)
-        .env("SALT", salt));
+    // The script pipes `sort` into an `awk` that may exit first; under its
+    // `pipefail` that is exit 141 (SIGPIPE) now and then. It is idempotent:
+    // run it again rather than fail the test on the shared script's race.
+    for attempt in 1.. {
+        let out = Command::new(&script)
+            .env("NIX_CONFIG", NIX_CONFIG)
+            .env("WORKDIR", workdir)
+            .env("SCALE", scale)
+            .env("SALT", salt)
+            .output()
+            .unwrap();
+        if out.status.success() {
+            break;
+        }
+        assert!(out.status.code() == Some(141) && attempt < 4, "{script:?}:\n{}", show(&out));
+    }
     let tag = format!("{scale}-{salt}");
     let list = |name: &str| -> Vec<String> {
         let file = workdir.join(format!("{name}-{tag}.txt"));
