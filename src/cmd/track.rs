@@ -928,6 +928,10 @@ fn run_command(command: &[String]) -> Result<i32> {
     let (program, rest) = command
         .split_first()
         .ok_or_else(|| Error::Usage("run: no command given".into()))?;
+    // Catch signals before the child exists, so one that arrives while it
+    // starts is queued and forwarded rather than killing us.
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT])
+        .map_err(|e| Error::Other(e.into()))?;
     let mut child = std::process::Command::new(program)
         .args(rest)
         // The build has no use for our signing key.
@@ -936,8 +940,6 @@ fn run_command(command: &[String]) -> Result<i32> {
         .spawn()
         .map_err(|e| Error::Usage(format!("cannot run {program}: {e}")))?;
     let pid = child.id() as libc::pid_t;
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT])
-        .map_err(|e| Error::Other(e.into()))?;
     let handle = signals.handle();
     let forwarder = std::thread::spawn(move || {
         for sig in signals.forever() {

@@ -572,3 +572,46 @@ fn warm_start_makes_fetchers_evaluate_offline() {
     let text = std::fs::read_to_string(env.path("warm").join(&result[1..])).unwrap();
     assert_eq!(text, "42\nfetched by url\nfrom a tarball\n");
 }
+
+/// A path deleted and built again during the job has a new DB id: it is new.
+#[test]
+fn deleted_and_re_added_paths_count_as_new() {
+    let env = Env::new();
+    let fib3 = env.build("fib.nix", &["fib3"]).remove(0);
+    let state = env.path("state");
+    ok(env.nixdelta(&["start", "--state-dir"]).arg(&state));
+    ok(env.nix("nix-store").args(["--delete", &fib3]));
+    assert_eq!(env.build("fib.nix", &["fib3"])[0], fib3);
+    let mut fin = env.nixdelta(&["finish", "--dry-run", "--json", "--to", &env.cache_url()]);
+    let out = ok(fin.arg("--state-dir").arg(&state));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["upload"], serde_json::json!([fib3]), "{plan:#}");
+}
+
+/// `run` forwards SIGTERM to the command and exits with the command's code.
+#[test]
+fn run_forwards_signals_to_the_command() {
+    let env = Env::new();
+    let marker = env.path("got-term");
+    let script = format!(
+        "trap 'touch {}; exit 42' TERM; echo ready; sleep 30 & wait",
+        marker.display()
+    );
+    let mut child = env
+        .nixdelta(&["run", "--", "sh", "-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "ready\n");
+    ok(Command::new("kill").args(["-TERM", &child.id().to_string()]));
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(42));
+    assert!(marker.exists(), "the command did not receive SIGTERM");
+}

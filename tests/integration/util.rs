@@ -194,7 +194,11 @@ pub fn build_workload(workdir: &Path, scale: &str, salt: &str) -> Workload {
         if out.status.success() {
             break;
         }
-        assert!(out.status.code() == Some(141) && attempt < 4, "{script:?}:\n{}", show(&out));
+        assert!(
+            out.status.code() == Some(141) && attempt < 4,
+            "{script:?}:\n{}",
+            show(&out)
+        );
     }
     let tag = format!("{scale}-{salt}");
     let list = |name: &str| -> Vec<String> {
