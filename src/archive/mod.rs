@@ -11,7 +11,6 @@ pub mod dir;
 pub mod format;
 pub mod github;
 pub mod http;
-pub mod import;
 pub mod s3;
 
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -24,8 +23,8 @@ use crate::error::{Error, Result};
 use crate::nix::{nar, Sha256Hash, StorePath};
 use crate::store::{PathInfo, Store};
 
+pub use crate::store::import::{self, ImportMethod, ImportOptions, ImportStats};
 pub use format::FORMAT_VERSION;
-pub use import::{ImportMethod, ImportOptions, ImportStats};
 
 /// An archive found by [`Backend::lookup`].
 #[derive(Clone, Debug, PartialEq, Eq)]

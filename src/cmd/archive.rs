@@ -195,7 +195,7 @@ pub fn run(store_root: Option<&Path>, cmd: ArchiveCommand) -> Result<i32> {
         } => {
             let k = cache_key(&key, &restore_prefixes)?;
             if let Some(root) = store_root {
-                init_chroot_store(root)?;
+                Store::init(root)?;
             }
             let store = Store::open(store_root)?;
             let backend = archive::open(&key.archive, key.read_only)?;
@@ -238,26 +238,4 @@ pub fn run(store_root: Option<&Path>, cmd: ArchiveCommand) -> Result<i32> {
             Ok(exit::OK)
         }
     }
-}
-
-/// A chroot store restored into may not exist yet (a fresh runner's cache
-/// directory): let Nix create it.
-fn init_chroot_store(root: &Path) -> Result<()> {
-    if root.join("nix/var/nix/db/db.sqlite").exists() {
-        return Ok(());
-    }
-    let out = std::process::Command::new("nix-store")
-        .arg("--store")
-        .arg(root)
-        .arg("--init")
-        .output()
-        .map_err(|e| Error::Store(format!("cannot run nix-store --init: {e}")))?;
-    if !out.status.success() {
-        return Err(Error::Store(format!(
-            "nix-store --store {} --init: {}",
-            root.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(())
 }

@@ -294,7 +294,7 @@ fn restore_step(
     facts.key = Some(k.key.clone());
     eprintln!("nixdelta: cache key {}", k.key);
     if let Some(root) = store_root {
-        init_chroot_store(root)?;
+        Store::init(root)?;
     }
     let base = snapshot::take(store_root)?;
     let store = Store::open(store_root)?;
@@ -377,28 +377,6 @@ fn restore_table(facts: &ArchiveFacts, r: Option<&RestoreReport>) -> Table {
         t.row("time", secs(r.seconds));
     }
     t
-}
-
-/// A chroot store restored into may not exist yet (a fresh runner's cache
-/// directory): let Nix create it.
-pub(crate) fn init_chroot_store(root: &Path) -> Result<()> {
-    if Store::exists(Some(root)) {
-        return Ok(());
-    }
-    let out = std::process::Command::new("nix-store")
-        .arg("--store")
-        .arg(root)
-        .arg("--init")
-        .output()
-        .map_err(|e| Error::Store(format!("cannot run nix-store --init: {e}")))?;
-    if !out.status.success() {
-        return Err(Error::Store(format!(
-            "nix-store --store {} --init: {}",
-            root.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(())
 }
 
 /// `finish` as a command: the state from `start`, then [`finish_with`].

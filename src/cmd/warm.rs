@@ -64,7 +64,7 @@ pub fn restore(store_root: Option<&Path>, url: &str, a: &ArchiveArgs) -> Result<
         return Ok(());
     };
     if let Some(root) = store_root {
-        super::track::init_chroot_store(root)?;
+        Store::init(root)?;
     }
     let paths: Vec<String> = manifest.paths.iter().map(|p| p.path.clone()).collect();
     let eval = manifest.paths.iter().filter(|p| p.eval_time).count();

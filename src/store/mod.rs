@@ -7,6 +7,7 @@
 
 mod cli;
 mod db;
+pub mod import;
 pub mod substitute;
 
 use std::path::{Path, PathBuf};
@@ -97,6 +98,28 @@ impl Store {
         root.unwrap_or(Path::new("/"))
             .join("nix/var/nix/db/db.sqlite")
             .exists()
+    }
+
+    /// Creates an empty chroot store at `root` through Nix (a fresh
+    /// runner's store volume) unless it has a DB already.
+    pub fn init(root: &Path) -> Result<()> {
+        if Store::exists(Some(root)) {
+            return Ok(());
+        }
+        let out = std::process::Command::new("nix-store")
+            .arg("--store")
+            .arg(root)
+            .arg("--init")
+            .output()
+            .map_err(|e| Error::Store(format!("cannot run nix-store --init: {e}")))?;
+        if !out.status.success() {
+            return Err(Error::Store(format!(
+                "nix-store --store {} --init: {}",
+                root.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(())
     }
 
     /// The logical store directory (`/nix/store`).

@@ -30,11 +30,11 @@ use std::time::Instant;
 use crossbeam_channel::{bounded, Receiver};
 use sha2::{Digest as _, Sha256};
 
-use super::format::{self, input_err, read_err, ParsedEntry};
+use super::Store;
+use crate::archive::format::{self, input_err, read_err, ParsedEntry};
 use crate::error::{Error, Result};
 use crate::nix::nar_unpack::{self, UnpackOptions};
 use crate::nix::{Sha256Hash, StorePath};
-use crate::store::Store;
 
 /// How paths are registered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize)]
