@@ -22,6 +22,9 @@ pub enum Skip {
     Excluded,
     /// The repository's own source copied into the store.
     SelfSource,
+    /// Refers (maybe through other paths) to the repository's source, which
+    /// is never pulled in unasked: held back so the cache stays consistent.
+    NeedsSelfSource,
     /// Signed by an upstream key: the upstream cache has it.
     UpstreamSigned,
     /// The upstream cache serves its narinfo.
@@ -36,6 +39,7 @@ impl Skip {
             Skip::Derivation => "derivations (.drv)",
             Skip::Excluded => "excluded by pattern",
             Skip::SelfSource => "repository source",
+            Skip::NeedsSelfSource => "refers to the repository source",
             Skip::UpstreamSigned => "signed by an upstream key",
             Skip::Upstream => "available upstream",
             Skip::OnTarget => "already on the target",
@@ -133,6 +137,8 @@ pub fn plan(
     if let Some(up) = upstream {
         kept = remove_present(&mut plan, kept, up, Skip::Upstream)?;
     }
+    let kept = hold_back_self_source_users(&mut plan, kept, &opts.self_sources);
+    dropped.retain(|p, _| !opts.self_sources.contains(p));
     pull_in_references(&mut plan, kept, dropped, store, target, upstream)?;
     Ok(plan)
 }
@@ -156,6 +162,36 @@ fn remove_present(
         }
     }
     Ok(keep)
+}
+
+/// Drops the kept paths that refer, directly or through other kept paths,
+/// to the repository's own source: pulling it in would upload the source,
+/// which happens only when asked (`--include-self-source`).
+fn hold_back_self_source_users(
+    plan: &mut PushPlan,
+    mut kept: Vec<PathInfo>,
+    self_sources: &HashSet<StorePath>,
+) -> Vec<PathInfo> {
+    let mut withheld: HashSet<StorePath> = self_sources.clone();
+    withheld.retain(|p| !plan.present.contains(p));
+    loop {
+        let (users, rest): (Vec<PathInfo>, Vec<PathInfo>) = kept.into_iter().partition(|i| {
+            i.references
+                .iter()
+                .any(|r| *r != i.path && withheld.contains(r))
+        });
+        kept = rest;
+        if users.is_empty() {
+            return kept;
+        }
+        for info in users {
+            withheld.insert(info.path.clone());
+            plan.skipped
+                .entry(Skip::NeedsSelfSource)
+                .or_default()
+                .push(info.path);
+        }
+    }
 }
 
 /// Adds every reference of an uploaded path that is neither uploaded nor
@@ -203,6 +239,15 @@ fn pull_in_references(
             need = still;
         }
         for path in need {
+            // The repository's source is never pulled in: the path that
+            // needs it is held back at upload (no narinfo), not the source pushed.
+            if plan
+                .skipped
+                .get(&Skip::SelfSource)
+                .is_some_and(|v| v.contains(&path))
+            {
+                continue;
+            }
             let info = match dropped.remove(&path) {
                 Some(info) => info,
                 None => store.path_info(&path)?.ok_or_else(|| {

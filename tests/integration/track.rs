@@ -205,6 +205,12 @@ fn make_flake(env: &Env) -> (std::path::PathBuf, std::path::PathBuf) {
       builder = "${{busybox}}/busybox";
       args = [ "sh" "-c" "cat ${{dep}}/message.txt ${{self}}/README > $out" ];
     }};
+    # Refers to the flake's own source at runtime.
+    packages.x86_64-linux.withsrc = derivation {{
+      name = "with-source"; system = "x86_64-linux";
+      builder = "${{busybox}}/busybox";
+      args = [ "sh" "-c" "echo ${{self}} > $out" ];
+    }};
   }};
 }}
 "#,
@@ -614,4 +620,69 @@ fn run_forwards_signals_to_the_command() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(42));
     assert!(marker.exists(), "the command did not receive SIGTERM");
+}
+
+/// A path that refers to the repository's own source is held back rather
+/// than the source being pulled in: the source is uploaded only when asked.
+#[test]
+fn paths_needing_the_self_source_are_held_back() {
+    let env = Env::new();
+    let (sec, _) = env.keygen("k-1");
+    let (flake, _) = make_flake(&env);
+    let plan_of = |extra: &[&str]| -> serde_json::Value {
+        let store = env.path(&format!("store{}", extra.len()));
+        let state = env.path(&format!("state{}", extra.len()));
+        let cache = format!(
+            "file://{}",
+            env.path(&format!("cache{}", extra.len())).display()
+        );
+        let mut start = nixdelta();
+        ok(start
+            .arg("--store")
+            .arg(&store)
+            .args(["start", "--state-dir"])
+            .arg(&state));
+        let mut build = env.nix_on(&store, "nix");
+        build.args(["build", "--impure", "--no-link"]);
+        ok(build.arg(format!("path:{}#withsrc", flake.display())));
+        let mut fin = nixdelta();
+        fin.current_dir(&flake)
+            .arg("--store")
+            .arg(&store)
+            .args(["finish", "--json", "--to", &cache]);
+        fin.arg("--secret-key-file")
+            .arg(&sec)
+            .arg("--state-dir")
+            .arg(&state)
+            .args(extra);
+        serde_json::from_slice(&ok(&mut fin).stdout).unwrap()
+    };
+    let plan = plan_of(&[]);
+    let held = plan["skipped"]["needs-self-source"].as_array().unwrap();
+    assert_eq!(held.len(), 1, "{plan:#}");
+    assert!(held[0].as_str().unwrap().ends_with("-with-source"));
+    let self_src = plan["skipped"]["self-source"].as_array().unwrap().clone();
+    assert_eq!(self_src.len(), 1, "{plan:#}");
+    let self_src = self_src[0].as_str().unwrap().to_string();
+    assert!(plan["pulled_in"].as_array().unwrap().is_empty(), "{plan:#}");
+    let uploaded = plan["report"]["uploaded"].as_array().unwrap();
+    assert!(
+        uploaded
+            .iter()
+            .all(|p| !p.as_str().unwrap().ends_with("-with-source")),
+        "{plan:#}"
+    );
+    // Asked for: both go up.
+    let plan = plan_of(&["--include-self-source"]);
+    let uploaded: Vec<&str> = plan["report"]["uploaded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert!(
+        uploaded.iter().any(|p| p.ends_with("-with-source")),
+        "{plan:#}"
+    );
+    assert!(uploaded.contains(&self_src.as_str()), "{plan:#}");
 }
