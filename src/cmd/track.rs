@@ -399,12 +399,18 @@ pub fn finish(
         Err(e) => return Err(e),
     };
     eprintln!("nixdelta: state of start from {}", dir.display());
-    if fe.name() != "none" && !args.json {
-        // One stream, so CI log folding keeps its order.
-        return finish_with(store_root, &st, args, a, &mut std::io::stderr());
+    if fe.name() == "none" || args.json {
+        let out = std::io::stdout();
+        return finish_with(store_root, &st, args, a, &mut out.lock());
     }
-    let out = std::io::stdout();
-    finish_with(store_root, &st, args, a, &mut out.lock())
+    // One stream, so CI log folding keeps its order.
+    let code = finish_with(store_root, &st, args, a, &mut std::io::stderr());
+    // A CI job's state is used once; on a persistent runner (a GitLab shell
+    // executor) it would otherwise pile up in the temp directory.
+    if !args.dry_run {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    code
 }
 
 /// Push, then save the archive. Cache-side failures are warnings unless
