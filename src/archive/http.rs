@@ -24,7 +24,16 @@ pub fn chunk_size() -> usize {
 }
 
 pub fn client() -> Client {
-    Client::builder()
+    let mut builder = Client::builder();
+    match crate::cache::net::extra_roots() {
+        Ok(certs) => {
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        Err(e) => tracing::warn!("{e}; using the built-in roots only"),
+    }
+    builder
         .connect_timeout(Duration::from_secs(20))
         .timeout(Duration::from_secs(600))
         .pool_idle_timeout(Duration::from_secs(30))

@@ -3,7 +3,7 @@
 
 mod file;
 pub mod http;
-mod net;
+pub(crate) mod net;
 pub mod retry;
 pub mod s3;
 pub mod spool;

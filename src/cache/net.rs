@@ -23,9 +23,27 @@ pub struct Net {
     pub retrier: Retrier,
 }
 
+/// CA certificates to trust besides the built-in roots, from the PEM
+/// bundle Nix itself reads: `$NIX_SSL_CERT_FILE`, else `$SSL_CERT_FILE`
+/// (a self-hosted cache behind a private CA).
+pub fn extra_roots() -> std::result::Result<Vec<reqwest::Certificate>, String> {
+    let Some(file) =
+        std::env::var_os("NIX_SSL_CERT_FILE").or_else(|| std::env::var_os("SSL_CERT_FILE"))
+    else {
+        return Ok(Vec::new());
+    };
+    let shown = std::path::Path::new(&file).display().to_string();
+    let pem = std::fs::read(&file).map_err(|e| format!("CA bundle {shown}: {e}"))?;
+    reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| format!("CA bundle {shown}: {e}"))
+}
+
 impl Net {
     pub fn new(url: String, policy: RetryPolicy) -> Result<Net> {
-        let client = Client::builder()
+        let mut builder = Client::builder();
+        for cert in extra_roots().map_err(|e| Error::cache(&url, e))? {
+            builder = builder.add_root_certificate(cert);
+        }
+        let client = builder
             .user_agent(concat!("nixdelta/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(10).min(policy.timeout))
             .timeout(None)

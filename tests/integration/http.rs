@@ -120,3 +120,45 @@ fn http_push_with_bearer_token_or_url_credentials() {
     );
     assert!(!stderr(&r).contains(HTTP_PASSWORD), "{}", show(&r));
 }
+
+/// HTTPS behind a private CA: trusted through `NIX_SSL_CERT_FILE`, the
+/// bundle Nix itself reads; without it the push is refused with one line.
+/// Nix then substitutes over HTTPS with the same bundle.
+#[test]
+fn https_cache_behind_a_private_ca() {
+    let env = Env::new();
+    let nginx = Nginx::start(&env.path("nginx"));
+    let out = env.build("fib.nix", &["chain6"]);
+    let (sec, public) = env.keygen("https-1");
+    let url = format!("{}/cache", nginx.tls_url());
+    let mut untrusted = push(&env, &url, &sec, &out[0]);
+    untrusted
+        .env("NIXDELTA_CACHE_TOKEN", HTTP_TOKEN)
+        .env("NIXDELTA_RETRY_DEADLINE", "2");
+    let r = untrusted
+        .env_remove("NIX_SSL_CERT_FILE")
+        .env_remove("SSL_CERT_FILE")
+        .output()
+        .unwrap();
+    assert_eq!(r.status.code(), Some(6), "{}", show(&r));
+    assert!(
+        stderr(&r).to_lowercase().contains("certificate"),
+        "{}",
+        show(&r)
+    );
+    let mut trusted = push(&env, &url, &sec, &out[0]);
+    trusted
+        .env("NIXDELTA_CACHE_TOKEN", HTTP_TOKEN)
+        .env("NIX_SSL_CERT_FILE", &nginx.ca);
+    ok(&mut trusted);
+    assert_eq!(narinfos(&nginx.root.join("cache")).len(), 7);
+    let mut fresh = env.nix_on(&env.path("fresh"), "nix-store");
+    fresh
+        .env("NIX_SSL_CERT_FILE", &nginx.ca)
+        .arg("--realise")
+        .arg(&out[0]);
+    fresh.args(["--max-jobs", "0", "--option", "substituters", &url]);
+    fresh.args(["--option", "trusted-public-keys", &public]);
+    let f = fresh.output().unwrap();
+    assert!(f.status.success(), "{}", show(&f));
+}

@@ -245,7 +245,70 @@ pub struct Nginx {
     pub port: u16,
     /// Writes need `Authorization: Bearer` [`HTTP_TOKEN`].
     pub bearer_port: u16,
+    /// HTTPS, certificate from a private CA ([`Nginx::ca`]); bearer writes.
+    pub tls_port: u16,
+    /// The private CA's certificate (PEM).
+    pub ca: PathBuf,
     pub root: PathBuf,
+}
+
+/// A private CA and a certificate for 127.0.0.1 signed by it (rustls, like
+/// browsers, refuses a self-signed CA certificate used as the server's own).
+fn make_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let f = |name: &str| dir.join(name);
+    std::fs::write(
+        f("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let run = |cmd: &mut Command| {
+        let out = cmd.output().expect("openssl");
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=nixdelta-test-ca",
+        ])
+        .args(ec)
+        .arg("-keyout")
+        .arg(f("ca.key"))
+        .arg("-out")
+        .arg(f("ca.pem")));
+    run(Command::new("openssl")
+        .args(["req", "-subj", "/CN=127.0.0.1"])
+        .args(ec)
+        .arg("-keyout")
+        .arg(f("leaf.key"))
+        .arg("-out")
+        .arg(f("leaf.csr")));
+    run(Command::new("openssl")
+        .args(["x509", "-req", "-days", "2", "-CAcreateserial", "-in"])
+        .arg(f("leaf.csr"))
+        .arg("-CA")
+        .arg(f("ca.pem"))
+        .arg("-CAkey")
+        .arg(f("ca.key"))
+        .arg("-extfile")
+        .arg(f("leaf.ext"))
+        .arg("-out")
+        .arg(f("leaf.pem")));
+    (f("ca.pem"), f("leaf.pem"), f("leaf.key"))
 }
 
 impl Nginx {
@@ -259,7 +322,8 @@ impl Nginx {
             format!("{HTTP_USER}:{{PLAIN}}{HTTP_PASSWORD}\n"),
         )
         .unwrap();
-        let (port, bearer_port) = (free_port(None), free_port(None));
+        let (port, bearer_port, tls_port) = (free_port(None), free_port(None), free_port(None));
+        let (ca, cert, cert_key) = make_certs(dir);
         let d = dir.display();
         // As root, workers would run as nobody and could not write `www`.
         let user = if unsafe { libc::geteuid() } == 0 {
@@ -307,8 +371,16 @@ http {{
         listen 127.0.0.1:{bearer_port};
         {bearer}
     }}
+    server {{
+        listen 127.0.0.1:{tls_port} ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {cert_key};
+        {bearer}
+    }}
 }}
 "#,
+            cert = cert.display(),
+            cert_key = cert_key.display(),
             root = root.display(),
             basic = location(&format!(
                 r#"limit_except GET HEAD {{ auth_basic "cache"; auth_basic_user_file {d}/htpasswd; }}"#
@@ -333,12 +405,18 @@ http {{
             _daemon: daemon,
             port,
             bearer_port,
+            tls_port,
+            ca,
             root,
         }
     }
 
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn tls_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.tls_port)
     }
 
     pub fn bearer_url(&self) -> String {
