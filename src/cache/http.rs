@@ -5,7 +5,7 @@
 //! `$NIXDELTA_CACHE_TOKEN`, the netrc file (`--netrc-file`, as Nix's
 //! `netrc-file`). They never appear in messages or `Debug`.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +17,7 @@ use zeroize::Zeroizing;
 use super::net::{
     content_type, display_url, narinfo_nar_url, parallel_map, Background, Net, MAX_IN_FLIGHT,
 };
-use super::spool::{Spool, SpoolData};
+use super::spool::{SpoolData, SpoolTarget, SpooledNar};
 use super::{narinfo_name, BinaryCache, CacheOptions, NarUpload};
 use crate::error::{Error, Result};
 use crate::nix::StorePath;
@@ -209,10 +209,7 @@ impl BinaryCache for HttpCache {
     }
 
     fn begin_nar(&self) -> Result<Box<dyn NarUpload>> {
-        Ok(Box::new(HttpNar {
-            spool: Spool::new(),
-            inner: self.inner.clone(),
-        }))
+        Ok(Box::new(SpooledNar::new(self.inner.clone())))
     }
 
     fn has_narinfos(&self, paths: &[StorePath]) -> Result<Vec<bool>> {
@@ -254,20 +251,6 @@ impl Drop for HttpCache {
     }
 }
 
-struct HttpNar {
-    spool: Spool,
-    inner: Arc<Inner>,
-}
-
-impl Write for HttpNar {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.spool.write(buf)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 impl Inner {
     fn upload_nar(&self, rel: &str, data: &SpoolData) -> Result<()> {
         if data.len() >= SKIP_EXISTING_FROM {
@@ -283,19 +266,15 @@ impl Inner {
     }
 }
 
-impl NarUpload for HttpNar {
-    /// Uploads in the background (see [`Background`]): the narinfo naming
-    /// this NAR waits for it.
-    fn commit(self: Box<Self>, rel: &str) -> Result<()> {
-        let HttpNar { spool, inner } = *self;
-        let data = spool
-            .finish()
-            .map_err(|e| inner.net.err(format!("spooling {rel}: {e}")))?;
-        let (job, name, len) = (inner.clone(), rel.to_string(), data.len());
-        inner
-            .background
-            .start(rel, len, move || job.upload_nar(&name, &data));
-        Ok(())
+impl SpoolTarget for Inner {
+    fn net(&self) -> &Net {
+        &self.net
+    }
+    fn background(&self) -> &Arc<Background> {
+        &self.background
+    }
+    fn upload_nar(&self, rel: &str, data: &SpoolData) -> Result<()> {
+        Inner::upload_nar(self, rel, data)
     }
 }
 

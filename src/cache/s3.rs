@@ -16,7 +16,7 @@
 //! The secret never appears in messages or `Debug` (rusty-s3 redacts it and
 //! zeroizes it on drop).
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +27,7 @@ use url::Url;
 
 use super::net::{content_type, narinfo_nar_url, parallel_map, Background, Net, MAX_IN_FLIGHT};
 use super::retry::{status_error, transport, Attempt};
-use super::spool::{Spool, SpoolData};
+use super::spool::{SpoolData, SpoolTarget, SpooledNar};
 use super::{narinfo_name, BinaryCache, CacheOptions, NarUpload};
 use crate::error::{Error, Result};
 use crate::nix::StorePath;
@@ -444,10 +444,7 @@ impl BinaryCache for S3Cache {
     }
 
     fn begin_nar(&self) -> Result<Box<dyn NarUpload>> {
-        Ok(Box::new(S3Nar {
-            spool: Spool::new(),
-            inner: self.inner.clone(),
-        }))
+        Ok(Box::new(SpooledNar::new(self.inner.clone())))
     }
 
     /// Many paths: one listing of the cache's narinfos (1 000 per request)
@@ -486,33 +483,15 @@ impl Drop for S3Cache {
     }
 }
 
-struct S3Nar {
-    spool: Spool,
-    inner: Arc<Inner>,
-}
-
-impl Write for S3Nar {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.spool.write(buf)
+impl SpoolTarget for Inner {
+    fn net(&self) -> &Net {
+        &self.net
     }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+    fn background(&self) -> &Arc<Background> {
+        &self.background
     }
-}
-
-impl NarUpload for S3Nar {
-    /// Uploads in the background (see [`Background`]): the narinfo naming
-    /// this NAR waits for it.
-    fn commit(self: Box<Self>, rel: &str) -> Result<()> {
-        let S3Nar { spool, inner } = *self;
-        let data = spool
-            .finish()
-            .map_err(|e| inner.net.err(format!("spooling {rel}: {e}")))?;
-        let (job, name, len) = (inner.clone(), rel.to_string(), data.len());
-        inner
-            .background
-            .start(rel, len, move || job.upload_nar(&name, &data));
-        Ok(())
+    fn upload_nar(&self, rel: &str, data: &SpoolData) -> Result<()> {
+        Inner::upload_nar(self, rel, data)
     }
 }
 

@@ -148,6 +148,53 @@ impl Read for RangeReader {
     }
 }
 
+/// A network target's side of a spooled NAR upload.
+pub trait SpoolTarget: Send + Sync + 'static {
+    fn net(&self) -> &super::net::Net;
+    fn background(&self) -> &Arc<super::net::Background>;
+    /// Uploads a finished NAR as `rel` (runs in the background).
+    fn upload_nar(&self, rel: &str, data: &SpoolData) -> crate::error::Result<()>;
+}
+
+/// A NAR written to a [`Spool`] and, on commit, uploaded in the background
+/// (see [`super::net::Background`]): the narinfo naming it waits for it.
+pub struct SpooledNar<T: SpoolTarget> {
+    spool: Spool,
+    target: Arc<T>,
+}
+
+impl<T: SpoolTarget> SpooledNar<T> {
+    pub fn new(target: Arc<T>) -> Self {
+        SpooledNar {
+            spool: Spool::new(),
+            target,
+        }
+    }
+}
+
+impl<T: SpoolTarget> Write for SpooledNar<T> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.spool.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<T: SpoolTarget> super::NarUpload for SpooledNar<T> {
+    fn commit(self: Box<Self>, rel: &str) -> crate::error::Result<()> {
+        let SpooledNar { spool, target } = *self;
+        let data = spool
+            .finish()
+            .map_err(|e| target.net().err(format!("spooling {rel}: {e}")))?;
+        let (job, name, len) = (target.clone(), rel.to_string(), data.len());
+        target
+            .background()
+            .start(rel, len, move || job.upload_nar(&name, &data));
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
