@@ -14,9 +14,7 @@ use reqwest::blocking::{Client, RequestBuilder};
 use url::Url;
 use zeroize::Zeroizing;
 
-use super::net::{
-    content_type, display_url, narinfo_nar_url, parallel_map, Background, Net, MAX_IN_FLIGHT,
-};
+use super::net::{content_type, display_url, parallel_map, Background, Net, MAX_IN_FLIGHT};
 use super::spool::{SpoolData, SpoolTarget, SpooledNar};
 use super::{narinfo_name, BinaryCache, CacheOptions, NarUpload};
 use crate::error::{Error, Result};
@@ -194,18 +192,8 @@ impl BinaryCache for HttpCache {
         )
     }
 
-    /// A narinfo waits for the upload of its NAR, and is not written if
-    /// that failed.
     fn put(&self, rel: &str, data: &[u8]) -> Result<()> {
-        let i = &self.inner;
-        if rel.ends_with(".narinfo") {
-            if let Some(nar) = narinfo_nar_url(data) {
-                i.background
-                    .wait(&nar)
-                    .map_err(|e| i.net.err(format!("{rel} not written, its NAR failed: {e}")))?;
-            }
-        }
-        i.put_data(rel, &SpoolData::Memory(Arc::from(data)))
+        self.inner.put_after_nar(rel, data)
     }
 
     fn begin_nar(&self) -> Result<Box<dyn NarUpload>> {
@@ -275,6 +263,9 @@ impl SpoolTarget for Inner {
     }
     fn upload_nar(&self, rel: &str, data: &SpoolData) -> Result<()> {
         Inner::upload_nar(self, rel, data)
+    }
+    fn put_data(&self, rel: &str, data: &SpoolData) -> Result<()> {
+        Inner::put_data(self, rel, data)
     }
 }
 

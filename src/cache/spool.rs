@@ -154,6 +154,23 @@ pub trait SpoolTarget: Send + Sync + 'static {
     fn background(&self) -> &Arc<super::net::Background>;
     /// Uploads a finished NAR as `rel` (runs in the background).
     fn upload_nar(&self, rel: &str, data: &SpoolData) -> crate::error::Result<()>;
+    /// Uploads a file as `rel`, now.
+    fn put_data(&self, rel: &str, data: &SpoolData) -> crate::error::Result<()>;
+
+    /// [`super::BinaryCache::put`] for a target whose NARs upload in the
+    /// background: a narinfo waits for its NAR, and is not written if that
+    /// upload failed.
+    fn put_after_nar(&self, rel: &str, data: &[u8]) -> crate::error::Result<()> {
+        if rel.ends_with(".narinfo") {
+            if let Some(nar) = super::net::narinfo_nar_url(data) {
+                self.background().wait(&nar).map_err(|e| {
+                    self.net()
+                        .err(format!("{rel} not written, its NAR failed: {e}"))
+                })?;
+            }
+        }
+        self.put_data(rel, &SpoolData::Memory(Arc::from(data)))
+    }
 }
 
 /// A NAR written to a [`Spool`] and, on commit, uploaded in the background
