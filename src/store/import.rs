@@ -217,11 +217,12 @@ pub fn import<R: Read>(
     }
     let l = layout(store);
     let t = Instant::now();
-    let (added, bytes) = match method {
+    let (added, bytes, raced) = match method {
         ImportMethod::Direct => direct(store, &l, &mut dec, &entries, &actions, what, opts)?,
         _ => via_import(&l, &mut dec, &entries, &actions, what)?,
     };
     stats.added = added;
+    stats.present += raced;
     stats.nar_bytes_added = bytes;
     tracing::debug!(
         "{what}: imported {added} paths in {:.2}s",
@@ -362,9 +363,11 @@ struct Job {
     body: Body,
 }
 
-/// A path renamed into place, waiting for registration, under Nix's lock.
+/// What `unpack_one` did with a path.
 struct Placed {
-    lock: Option<PathLock>,
+    /// Someone else (a concurrent build or restore) made the path valid
+    /// before we got its lock: our copy was thrown away, nothing to register.
+    already_valid: bool,
 }
 
 type Done = (usize, std::result::Result<Placed, String>);
@@ -377,7 +380,7 @@ fn direct<R: Read>(
     actions: &[Action],
     what: &str,
     opts: &ImportOptions,
-) -> Result<(usize, u64)> {
+) -> Result<(usize, u64, usize)> {
     let jobs = opts.jobs.max(1);
     let (job_tx, job_rx) = bounded::<Job>(jobs * 2);
     let (done_tx, done_rx) = bounded::<Done>(entries.len().max(1));
@@ -392,6 +395,7 @@ fn direct<R: Read>(
             .collect(),
         next: 0,
         added: 0,
+        already_valid: 0,
         bytes: 0,
     };
     let mut failure: Option<Error> = None;
@@ -401,9 +405,24 @@ fn direct<R: Read>(
             let done_tx = done_tx.clone();
             let real = &l.real_store_dir;
             let store_dir = &store_dir;
+            let root = l.root.as_deref();
             s.spawn(move || {
+                // Each thread reads the DB through its own connection (a
+                // connection is not shared between threads), opened on
+                // first need: only paths found on disk are re-checked.
+                let mut own: Option<Store> = None;
+                let mut is_valid = |p: &StorePath| -> std::result::Result<bool, String> {
+                    if own.is_none() {
+                        own = Some(Store::open(root).map_err(|e| e.to_string())?);
+                    }
+                    let s = own.as_ref().unwrap();
+                    s.path_info(p)
+                        .map(|i| i.is_some())
+                        .map_err(|e| e.to_string())
+                };
                 for job in job_rx.iter() {
-                    let r = unpack_one(real, store_dir, &entries[job.idx], job.idx, job.body);
+                    let e = &entries[job.idx];
+                    let r = unpack_one(real, store_dir, e, job.idx, job.body, &mut is_valid);
                     if done_tx.send((job.idx, r)).is_err() {
                         break;
                     }
@@ -479,14 +498,14 @@ fn direct<R: Read>(
     if let Some(msg) = first_path_error {
         return Err(Error::Integrity(format!("store archive {what}: {msg}")));
     }
-    if registrar.added != registrar.order.len() {
+    if registrar.added + registrar.already_valid != registrar.order.len() {
         return Err(Error::Other(anyhow::anyhow!(
             "store archive {what}: unpacking stopped after {} of {} paths",
             registrar.added,
             registrar.order.len()
         )));
     }
-    Ok((registrar.added, registrar.bytes))
+    Ok((registrar.added, registrar.bytes, registrar.already_valid))
 }
 
 struct Registrar<'a> {
@@ -499,6 +518,8 @@ struct Registrar<'a> {
     /// Position in `order` of the first unregistered path.
     next: usize,
     added: usize,
+    /// Paths made valid by someone else while this import ran.
+    already_valid: usize,
     bytes: u64,
 }
 
@@ -526,20 +547,27 @@ impl Registrar<'_> {
             if n == 0 || (n < BATCH && !all) {
                 return Ok(());
             }
-            let batch: Vec<usize> = self.order[self.next..end].to_vec();
-            self.register(&batch, what)?;
-            for i in &batch {
-                if let Some(Ok(placed)) = self.results.remove(i) {
-                    drop(placed.lock);
-                }
-                self.bytes += self.entries[*i].nar_size;
+            let batch: Vec<usize> = self.order[self.next..end]
+                .iter()
+                .copied()
+                .filter(|i| !matches!(self.results.get(i), Some(Ok(p)) if p.already_valid))
+                .collect();
+            self.already_valid += n - batch.len();
+            let registered = self.register(&batch, what)?;
+            self.already_valid += batch.len() - registered.len();
+            for i in registered {
+                self.bytes += self.entries[i].nar_size;
+                self.added += 1;
             }
-            self.added += batch.len();
+            for i in &self.order[self.next..end] {
+                self.results.remove(i);
+            }
             self.next = end;
         }
     }
 
-    fn register(&self, batch: &[usize], what: &str) -> Result<()> {
+    /// Registers the batch's paths that are still invalid; returns those.
+    fn register(&self, batch: &[usize], what: &str) -> Result<Vec<usize>> {
         let paths: Vec<StorePath> = batch
             .iter()
             .map(|&i| self.entries[i].path.clone())
@@ -549,10 +577,12 @@ impl Registrar<'_> {
         let valid = self.store.path_infos(&paths)?;
         let store_dir = self.store.store_dir();
         let mut text = String::new();
+        let mut registered = Vec::new();
         for (&i, v) in batch.iter().zip(valid) {
             if v.is_some() {
                 continue;
             }
+            registered.push(i);
             let e = &self.entries[i];
             text.push_str(&e.path.to_absolute(store_dir));
             text.push('\n');
@@ -572,12 +602,13 @@ impl Registrar<'_> {
             }
         }
         if text.is_empty() {
-            return Ok(());
+            return Ok(registered);
         }
         let mut cmd = nix_command(self.l, "nix-store");
         cmd.arg("--load-db");
         run_with_stdin(cmd, text.as_bytes())
-            .map_err(|e| Error::Store(format!("store archive {what}: registering paths: {e}")))
+            .map_err(|e| Error::Store(format!("store archive {what}: registering paths: {e}")))?;
+        Ok(registered)
     }
 
     fn first_error(&self) -> Option<String> {
@@ -592,7 +623,10 @@ impl Registrar<'_> {
     /// Removes paths renamed into place but not registered.
     fn discard_unregistered(&mut self) {
         for &i in &self.order[self.next..] {
-            if let Some(Ok(_placed)) = self.results.get(&i) {
+            if let Some(Ok(placed)) = self.results.get(&i) {
+                if placed.already_valid {
+                    continue; // someone else's valid path: not ours to remove
+                }
                 let real = self.l.real_store_dir.join(self.entries[i].path.to_string());
                 if let Err(e) = nar_unpack::remove_tree(&real) {
                     tracing::warn!("cannot remove unregistered {}: {e}", real.display());
@@ -628,6 +662,7 @@ fn unpack_one(
     e: &ParsedEntry,
     idx: usize,
     body: Body,
+    is_valid: &mut dyn FnMut(&StorePath) -> std::result::Result<bool, String>,
 ) -> std::result::Result<Placed, String> {
     let tmp = real_store.join(format!(
         ".nixdelta-{}-{idx}-{}",
@@ -674,6 +709,16 @@ fn unpack_one(
         // paths. Registration skips paths someone else registered meanwhile.
         let lock = PathLock::acquire(&dest).map_err(|err| format!("locking {abs}: {err}"))?;
         if std::fs::symlink_metadata(&dest).is_ok() {
+            // Nix's rule: after taking a path's lock, re-check validity. A
+            // build (or another restore) may have produced and registered
+            // it while we waited; its content, not ours, is what the DB
+            // describes (a nondeterministic build differs from our copy).
+            if is_valid(&e.path).map_err(|err| format!("checking {abs}: {err}"))? {
+                drop(lock);
+                return Ok(Placed {
+                    already_valid: true,
+                });
+            }
             // An invalid leftover (or a concurrent copy of the same
             // content): swap atomically, then delete the old tree.
             exchange(&tmp, &dest).map_err(|err| format!("replacing {abs}: {err}"))?;
@@ -681,7 +726,9 @@ fn unpack_one(
             std::fs::rename(&tmp, &dest).map_err(|err| format!("renaming into {abs}: {err}"))?;
         }
         drop(lock);
-        Ok(Placed { lock: None })
+        Ok(Placed {
+            already_valid: false,
+        })
     })();
     if let Err(err) = nar_unpack::remove_tree(&tmp) {
         tracing::warn!("cannot remove {}: {err}", tmp.display());
@@ -782,13 +829,13 @@ fn via_import<R: Read>(
     entries: &[ParsedEntry],
     actions: &[Action],
     what: &str,
-) -> Result<(usize, u64)> {
+) -> Result<(usize, u64, usize)> {
     if !actions.contains(&Action::Import) {
         for e in entries {
             discard(src, e.nar_size, what)?;
         }
         format::read_trailer(src, what)?;
-        return Ok((0, 0));
+        return Ok((0, 0, 0));
     }
     let store_dir = crate::nix::DEFAULT_STORE_DIR;
     let mut cmd = nix_command(l, "nix-store");
@@ -868,5 +915,5 @@ fn via_import<R: Read>(
     }
     end?;
     format::read_trailer(src, what)?;
-    Ok((added, bytes))
+    Ok((added, bytes, 0))
 }

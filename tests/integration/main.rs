@@ -12,6 +12,7 @@ mod ci_github;
 mod ci_gitlab;
 mod ci_track;
 mod errors;
+mod hardening;
 mod push;
 mod track;
 mod workload;
