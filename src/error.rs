@@ -32,7 +32,8 @@ pub enum Error {
     Store(String),
     #[error("{0}")]
     Path(String),
-    #[error("key file {path}: {msg}")]
+    /// A key given by file or option (`path` names which), never its value.
+    #[error("{path}: {msg}")]
     Key { path: PathBuf, msg: String },
     #[error("binary cache {url}: {msg}")]
     Cache { url: String, msg: String },

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use nixdelta::error::{Error, Result};
-use nixdelta::nix::SecretKey;
+use nixdelta::nix::{PublicKey, SecretKey};
 use nixdelta::pipeline::pack::PackOptions;
 use nixdelta::pipeline::upload::UploadOptions;
 
@@ -30,15 +30,61 @@ pub struct UploadArgs {
     pub compression_level: i32,
 }
 
+/// Key files hold one line; anything larger is not a key file (and must
+/// not be read whole into memory).
+const KEY_FILE_MAX: u64 = 1 << 20;
+
+/// Reads a small file (a key), refusing files over `KEY_FILE_MAX`.
+fn read_key_file(path: &Path) -> Result<zeroize::Zeroizing<String>> {
+    let err = |msg: String| Error::Key {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| err(format!("cannot read key file: {e}")))?;
+    if meta.len() > KEY_FILE_MAX {
+        return Err(err(format!(
+            "{} bytes: not a key file (a key file is one line, under 1 MiB)",
+            meta.len()
+        )));
+    }
+    let mut text = zeroize::Zeroizing::new(String::new());
+    std::io::Read::read_to_string(
+        &mut std::io::Read::take(
+            std::fs::File::open(path).map_err(|e| err(format!("cannot read key file: {e}")))?,
+            KEY_FILE_MAX,
+        ),
+        &mut text,
+    )
+    .map_err(|e| err(format!("cannot read key file: {e}")))?;
+    Ok(text)
+}
+
+/// A public key given to `option` as `name:base64` or as a file holding
+/// one. Errors name the option or the file, never the value: a secret key
+/// pasted here must not reach a CI log.
+pub fn load_public_key(option: &str, spec: &str) -> Result<PublicKey> {
+    let spec = spec.trim();
+    let path = Path::new(spec);
+    if !path.exists() {
+        return PublicKey::parse(spec).map_err(|e| Error::Key {
+            path: PathBuf::from(option),
+            msg: if spec.contains(':') {
+                e.to_string()
+            } else {
+                format!("{e}, and no file of that name exists")
+            },
+        });
+    }
+    let text = read_key_file(path)?;
+    PublicKey::parse(&text).map_err(|e| Error::Key {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    })
+}
+
 pub fn load_secret_key(file: Option<&Path>) -> Result<SecretKey> {
     let (origin, text) = match file {
-        Some(f) => {
-            let text = std::fs::read_to_string(f).map_err(|e| Error::Key {
-                path: f.to_path_buf(),
-                msg: format!("cannot read: {e}"),
-            })?;
-            (f.to_path_buf(), zeroize::Zeroizing::new(text))
-        }
+        Some(f) => (f.to_path_buf(), read_key_file(f)?),
         None => match std::env::var("NIXDELTA_SECRET_KEY") {
             Ok(text) => (
                 PathBuf::from("$NIXDELTA_SECRET_KEY"),

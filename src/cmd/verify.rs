@@ -1,11 +1,9 @@
 //! `nixdelta verify --cache URL`: lists every fault of a binary cache and
 //! exits 9 when there is any.
 
-use std::path::PathBuf;
-
+use super::common::load_public_key;
 use nixdelta::cache;
 use nixdelta::error::{exit, Error, Result};
-use nixdelta::nix::PublicKey;
 use nixdelta::pipeline::verify::{verify, VerifyOptions};
 
 #[derive(clap::Args, Clone, Debug)]
@@ -31,26 +29,11 @@ pub struct VerifyArgs {
     pub jobs: usize,
 }
 
-fn parse_key(arg: &str) -> Result<PublicKey> {
-    if let Ok(k) = PublicKey::parse(arg) {
-        return Ok(k);
-    }
-    let path = PathBuf::from(arg);
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::Key {
-        path: path.clone(),
-        msg: format!("neither a public key (name:base64) nor a readable file: {e}"),
-    })?;
-    PublicKey::parse(&text).map_err(|e| Error::Key {
-        path,
-        msg: e.to_string(),
-    })
-}
-
 pub fn verify_cmd(args: &VerifyArgs) -> Result<i32> {
     let trusted_keys = args
         .trusted_public_keys
         .iter()
-        .map(|k| parse_key(k))
+        .map(|k| load_public_key("--trusted-public-key", k))
         .collect::<Result<Vec<_>>>()?;
     let target = cache::open(&args.cache)?;
     let upstreams = args

@@ -15,26 +15,14 @@ use nixdelta::pipeline::upload::UploadReport;
 use nixdelta::pipeline::warm;
 use nixdelta::store::{substitute::substitute, Store};
 
-use super::common::{load_secret_key, UploadArgs};
+use super::common::{load_public_key, load_secret_key, UploadArgs};
 use super::track::ArchiveArgs;
 
 /// `name:base64` keys, or files holding one.
 fn trusted_keys(specs: &[String]) -> Result<Vec<PublicKey>> {
     specs
         .iter()
-        .map(|s| {
-            let text = match PublicKey::parse(s.trim()) {
-                Ok(k) => return Ok(k),
-                Err(_) => std::fs::read_to_string(s).map_err(|e| Error::Key {
-                    path: s.into(),
-                    msg: format!("not a public key, nor a readable key file: {e}"),
-                })?,
-            };
-            PublicKey::parse(text.trim()).map_err(|e| Error::Key {
-                path: s.into(),
-                msg: e.to_string(),
-            })
-        })
+        .map(|s| load_public_key("--trusted-public-key", s))
         .collect()
 }
 

@@ -33,13 +33,19 @@ impl SecretKey {
     pub fn parse(s: &str) -> Result<Self, FormatError> {
         let (name, data) = split_key(s.trim())
             .ok_or_else(|| FormatError::Key("secret key is not of the form name:base64".into()))?;
-        let bytes =
-            Zeroizing::new(BASE64.decode(data).map_err(|_| {
-                FormatError::Key(format!("secret key {name:?} is not valid base64"))
-            })?);
+        let bytes = Zeroizing::new(BASE64.decode(data).map_err(|_| {
+            FormatError::Key(format!("secret key {} is not valid base64", shown(name)))
+        })?);
+        if bytes.len() == PUBLIC_KEY_LENGTH {
+            return Err(FormatError::Key(format!(
+                "this is a public key ({}); signing needs the secret key",
+                shown(name)
+            )));
+        }
         if bytes.len() != SECRET_KEY_LENGTH + PUBLIC_KEY_LENGTH {
             return Err(FormatError::Key(format!(
-                "secret key {name:?} has {} bytes, expected 64 (seed and public key)",
+                "secret key {} has {} bytes, expected 64 (seed and public key)",
+                shown(name),
                 bytes.len()
             )));
         }
@@ -48,7 +54,8 @@ impl SecretKey {
         let key = ed25519_dalek::SigningKey::from_bytes(&seed);
         if key.verifying_key().as_bytes()[..] != bytes[SECRET_KEY_LENGTH..] {
             return Err(FormatError::Key(format!(
-                "secret key {name:?} is corrupt: its public half does not match its seed"
+                "secret key {} is corrupt: its public half does not match its seed",
+                shown(name)
             )));
         }
         Ok(SecretKey {
@@ -92,6 +99,16 @@ impl SecretKey {
     }
 }
 
+/// A key's name for an error message: quoted when it looks like a name,
+/// withheld otherwise (a pasted key's name part could be key material).
+fn shown(name: &str) -> String {
+    if check_name(name).is_ok() && name.len() <= 64 && !name.contains('=') {
+        format!("{name:?}")
+    } else {
+        "(name withheld)".into()
+    }
+}
+
 fn check_name(name: &str) -> Result<(), FormatError> {
     if name.is_empty() || name.contains(':') || name.chars().any(char::is_whitespace) {
         return Err(FormatError::Key(format!(
@@ -108,17 +125,37 @@ impl std::fmt::Debug for SecretKey {
 }
 
 impl PublicKey {
-    /// Parses `name:base64(32 bytes)`.
-    /// Surrounding whitespace is ignored.
+    /// Parses `name:base64(32 bytes)`. Surrounding whitespace is ignored.
+    /// The error never quotes the input: users paste secret keys here.
     pub fn parse(s: &str) -> Result<Self, FormatError> {
-        let s = s.trim();
-        let bad = |why: &str| FormatError::Key(format!("public key {s:?}: {why}"));
-        let (name, data) = split_key(s).ok_or_else(|| bad("not of the form name:base64"))?;
-        let bytes = BASE64.decode(data).map_err(|_| bad("invalid base64"))?;
-        let bytes: [u8; PUBLIC_KEY_LENGTH] =
-            bytes.try_into().map_err(|_| bad("expected 32 bytes"))?;
-        let key = ed25519_dalek::VerifyingKey::from_bytes(&bytes)
-            .map_err(|_| bad("not a valid ed25519 point"))?;
+        let bad = |why: String| FormatError::Key(why);
+        let (name, data) = split_key(s.trim())
+            .ok_or_else(|| bad("not a public key: expected name:base64".into()))?;
+        let bytes = Zeroizing::new(
+            BASE64
+                .decode(data)
+                .map_err(|_| bad(format!("public key {}: invalid base64", shown(name))))?,
+        );
+        if bytes.len() == SECRET_KEY_LENGTH + PUBLIC_KEY_LENGTH {
+            return Err(bad(format!(
+                "this is a secret key ({}); give the public key: the .pub file \
+                 `nixdelta keygen` writes, or `nix key convert-secret-to-public`",
+                shown(name)
+            )));
+        }
+        let arr: [u8; PUBLIC_KEY_LENGTH] = bytes[..].try_into().map_err(|_| {
+            bad(format!(
+                "public key {}: {} bytes, expected 32",
+                shown(name),
+                bytes.len()
+            ))
+        })?;
+        let key = ed25519_dalek::VerifyingKey::from_bytes(&arr).map_err(|_| {
+            bad(format!(
+                "public key {}: not a valid ed25519 key",
+                shown(name)
+            ))
+        })?;
         Ok(PublicKey {
             name: name.to_owned(),
             key,
@@ -277,8 +314,20 @@ mod tests {
                 "{bad}"
             );
         }
-        // the secret key file is not a public key
-        assert!(PublicKey::parse(SEC).is_err());
+        // the secret key file is not a public key, and the error says so
+        // without quoting any of it
+        let e = PublicKey::parse(SEC).unwrap_err().to_string();
+        assert!(e.contains("this is a secret key"), "{e}");
+        let secret_b64 = SEC.trim().split_once(':').unwrap().1;
+        for part in [secret_b64, &secret_b64[..16], &secret_b64[40..60]] {
+            assert!(!e.contains(part), "{e}");
+        }
+        // a public key where a secret one is wanted
+        let e = SecretKey::parse(PUB).unwrap_err().to_string();
+        assert!(e.contains("this is a public key"), "{e}");
+        // base64 alone (no name): nothing quoted
+        let e = PublicKey::parse(secret_b64).unwrap_err().to_string();
+        assert!(!e.contains(&secret_b64[..16]), "{e}");
     }
 
     #[test]

@@ -96,3 +96,115 @@ fn restore_racing_a_build_leaves_the_built_path() {
         .args(["--verify-path", &out]));
     assert!(listed.status.success());
 }
+
+/// Every kind of wrong key, for every option that takes one.
+fn wrong_keys(env: &Env) -> (String, Vec<(&'static str, String)>) {
+    let (sec_file, public) = env.keygen("leak-test");
+    let secret = std::fs::read_to_string(&sec_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    let b64 = secret.split_once(':').unwrap().1.to_string();
+    let mut corrupt = b64.clone().into_bytes();
+    corrupt[10] = if corrupt[10] == b'A' { b'B' } else { b'A' };
+    let corrupt = format!("leak-test:{}", String::from_utf8(corrupt).unwrap());
+    let write = |name: &str, text: &str| {
+        let p = env.path(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let cases = vec![
+        ("secret key content", secret.clone()),
+        ("secret key file", sec_file.display().to_string()),
+        ("secret base64 without a name", b64.clone()),
+        ("corrupt secret", corrupt.clone()),
+        ("corrupt secret file", write("corrupt.sec", &corrupt)),
+        ("truncated secret", secret[..secret.len() - 5].to_string()),
+        ("public key file for a secret", write("k.pub", &public)),
+        ("two keys on a line", format!("{public} {secret}")),
+    ];
+    (b64, cases)
+}
+
+/// The secret's base64, or any 16-character run of it, in `text`
+/// (`::add-mask::` lines are the CI's masking request, never shown).
+fn leaks(text: &str, b64: &str) -> bool {
+    let shown: String = text
+        .lines()
+        .filter(|l| !l.starts_with("::add-mask::"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    (0..b64.len() - 16).any(|i| shown.contains(&b64[i..i + 16]))
+}
+
+/// Severe 2: no command echoes key material, whatever wrong key it gets.
+#[test]
+fn wrong_keys_are_never_echoed() {
+    let env = Env::new();
+    let (b64, cases) = wrong_keys(&env);
+    let chain = env.build("fib.nix", &["fib6"]).remove(0);
+    let cache = env.cache_url();
+    std::fs::create_dir_all(env.path("cache")).unwrap();
+    for (kind, key) in &cases {
+        let state = env.path(&format!("state-{}", kind.replace(' ', "-")));
+        let key_file_like = key.starts_with('/');
+        let mut runs: Vec<(String, std::process::Command)> = Vec::new();
+        let mut verify = env.nixdelta(&["verify", "--cache", &cache, "--trusted-public-key", key]);
+        verify.current_dir(env.path(""));
+        runs.push(("verify".into(), verify));
+        for ci in ["none", "github"] {
+            let mut start = env.nixdelta(&["--ci", ci, "start", "--restore-from-cache", &cache]);
+            start
+                .args(["--trusted-public-key", key, "--key-dir"])
+                .arg(repo().join("examples"))
+                .arg("--state-dir")
+                .arg(&state)
+                .env("GITHUB_STATE", env.path("github-state"))
+                .env("GITHUB_ENV", env.path("github-env"))
+                .env("GITHUB_OUTPUT", env.path("github-output"));
+            runs.push((format!("start --ci {ci}"), start));
+        }
+        // Options that take a secret: a file, or the key in the environment.
+        let sec_file = if key_file_like {
+            key.clone()
+        } else {
+            let p = env.path("given.sec");
+            std::fs::write(&p, key).unwrap();
+            p.display().to_string()
+        };
+        let mut push = env.nixdelta(&["push", "--to", &cache, "--secret-key-file", &sec_file]);
+        push.arg(&chain);
+        runs.push(("push --secret-key-file".into(), push));
+        if !key_file_like {
+            let mut push = env.nixdelta(&["push", "--to", &cache, &chain]);
+            push.env("NIXDELTA_SECRET_KEY", key);
+            runs.push(("push $NIXDELTA_SECRET_KEY".into(), push));
+            let mut gh = env.nixdelta(&["--ci", "github", "finish", "--to", &cache]);
+            gh.env("GITHUB_ACTIONS", "true")
+                .env("INPUT_SECRET-KEY", key)
+                .arg("--state-dir")
+                .arg(&state);
+            runs.push(("finish --ci github, input secret-key".into(), gh));
+        }
+        let mut run = env.nixdelta(&["run", "--to", &cache, "--secret-key-file", &sec_file]);
+        run.arg("--state-dir").arg(&state).args(["--", "true"]);
+        runs.push(("run --secret-key-file".into(), run));
+        for (what, mut cmd) in runs {
+            let out = cmd.output().unwrap();
+            let text = show(&out);
+            assert!(
+                !leaks(&text, &b64),
+                "{what} with a {kind} echoes key material:\n{text}"
+            );
+            let good_secret = kind.starts_with("secret key");
+            let good_public = kind.starts_with("public key");
+            if (what == "verify" && !good_public) || (what.starts_with("push") && !good_secret) {
+                assert_eq!(out.status.code(), Some(5), "{what} with a {kind}:\n{text}");
+                assert!(
+                    text.contains("key"),
+                    "{what} with a {kind} says nothing:\n{text}"
+                );
+            }
+        }
+    }
+}
