@@ -217,8 +217,9 @@ impl GithubBackend {
             .ok_or_else(|| self.err("CreateCacheEntry: no signedUploadUrl"))?;
         let ids: Arc<Mutex<Vec<(usize, String)>>> = Arc::default();
         let (client, url2, ids2) = (self.client.clone(), url.clone(), ids.clone());
+        let upload_id = random_uuid();
         let put = Arc::new(move |i: usize, _off: u64, data: Vec<u8>| {
-            let id = block_id(i);
+            let id = block_id(&upload_id, i);
             let u = format!("{}comp=block&blockid={}", with_query(&url2), urlencode(&id));
             let r = http::send("blob block upload", &|| {
                 client
@@ -370,9 +371,34 @@ impl GithubBackend {
 
 const AZURE_VERSION: &str = "2020-10-02";
 
-/// Azure wants block ids of one length, base64.
-fn block_id(i: usize) -> String {
-    crate::nix::hash::BASE64.encode(format!("nixdelta-block-{i:08}"))
+/// The block id layout the Azure SDK (and so `@actions/cache`) sends:
+/// base64 of a 36-character upload id followed by the block index,
+/// zero-padded to 12 digits (48 bytes decoded). Azure only wants ids of
+/// one length; self-hosted cache servers take the part index from the
+/// last 12 characters and refuse other layouts.
+fn block_id(upload_id: &str, i: usize) -> String {
+    debug_assert_eq!(upload_id.len(), 36);
+    crate::nix::hash::BASE64.encode(format!("{upload_id}{i:012}"))
+}
+
+/// A random (version 4) UUID in its 36-character form, as the SDK's
+/// upload id. Hand-written: 16 random bytes and a format string do not
+/// justify a dependency.
+fn random_uuid() -> String {
+    use rand_core::RngCore as _;
+    let mut b = [0u8; 16];
+    rand_core::OsRng.fill_bytes(&mut b);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
 }
 
 fn with_query(url: &str) -> String {
@@ -460,8 +486,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn block_ids_have_one_length() {
-        assert_eq!(block_id(0).len(), block_id(99_999_999).len());
+    fn block_ids_use_the_sdk_layout() {
+        let u = random_uuid();
+        assert_eq!(u.len(), 36);
+        assert_eq!(u.matches('-').count(), 4);
+        assert_ne!(u, random_uuid());
+        let id = block_id(&u, 7);
+        assert_eq!(id.len(), block_id(&u, 999_999).len());
+        let raw = crate::nix::hash::BASE64.decode(&id).unwrap();
+        assert_eq!(raw.len(), 48);
+        assert_eq!(&raw[..36], u.as_bytes());
+        assert_eq!(&raw[36..], b"000000000007");
         assert_eq!(urlencode("a,b c/é"), "a%2Cb%20c%2F%C3%A9");
         assert_eq!(with_query("http://x/b?sig=1"), "http://x/b?sig=1&");
         assert_eq!(cache_version().len(), 64);

@@ -453,7 +453,10 @@ pub fn finish_with(
         Err(e) if matches!(e, Error::Usage(_)) => return Err(e),
         Err(e) => faults.push(e),
     }
+    // Failures head the summary: a job that passes must still show them.
+    let mut headline = String::new();
     if let Some(err) = faults.first() {
+        headline.push_str(&format!("**push incomplete: {}**\n\n", md_line(err)));
         if !args.strict {
             fe.warning(&format!(
                 "push incomplete (not failing the job; use --strict to): {err}"
@@ -470,22 +473,28 @@ pub fn finish_with(
             Ok(None) => {}
             Err(e) if matches!(e, Error::Usage(_)) => return Err(e),
             Err(e) => {
+                headline.push_str(&format!("**archive NOT saved: {}**\n\n", md_line(&e)));
                 if !args.strict {
                     fe.warning(&format!(
-                        "store archive not saved (not failing the job; use --strict to): {e}"
+                        "archive NOT saved (not failing the job; use --strict to): {e}"
                     ));
                 }
                 faults.push(e);
             }
         }
     }
-    if !md.is_empty() {
-        fe.summary(&md);
+    if !md.is_empty() || !headline.is_empty() {
+        fe.summary(&format!("{headline}{md}"));
     }
     match faults.into_iter().next() {
         Some(e) if args.strict => Err(e),
         _ => Ok(exit::OK),
     }
+}
+
+/// An error on one Markdown line (no emphasis markers of its own).
+fn md_line(e: &Error) -> String {
+    e.to_string().replace(['\n', '\r'], " ").replace('*', "\\*")
 }
 
 /// What the push did: the plan (absent without `--to`), the upload's

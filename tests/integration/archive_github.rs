@@ -229,6 +229,12 @@ struct State {
     entries: Vec<Entry>,
     blobs: HashMap<String, Vec<u8>>,
     blocks: HashMap<(String, String), Vec<u8>>,
+    /// The upload id of each blob's first block.
+    block_prefix: HashMap<String, String>,
+    /// Answer ranged GETs with the whole blob (200), as some servers do.
+    ignore_range: bool,
+    /// Refuse every block (a storage outage).
+    refuse_blocks: bool,
     seq: u64,
     /// (method, path) of every request, for assertions.
     log: Vec<String>,
@@ -283,6 +289,14 @@ impl TwirpCacheTestServer {
 
     fn log(&self) -> Vec<String> {
         self.state.lock().unwrap().log.clone()
+    }
+
+    fn ignore_range(&self, on: bool) {
+        self.state.lock().unwrap().ignore_range = on;
+    }
+
+    fn refuse_blocks(&self, on: bool) {
+        self.state.lock().unwrap().refuse_blocks = on;
     }
 }
 
@@ -626,7 +640,22 @@ fn blob(w: &mut TcpStream, req: &Request, state: &Mutex<State>) {
         req.query.get("comp").map(String::as_str),
     ) {
         ("PUT", Some("block")) => {
+            if st.refuse_blocks {
+                return respond(w, 503, &[], b"ServerBusy");
+            }
             let id = req.query.get("blockid").cloned().unwrap_or_default();
+            let Some(prefix) = sdk_block_prefix(&id) else {
+                return respond(w, 400, &[], b"Invalid block id");
+            };
+            // Azure: every block of a blob has an id of one length; the
+            // servers self-hosted runners use also want one upload id.
+            let first = st
+                .block_prefix
+                .entry(name.clone())
+                .or_insert(prefix.clone());
+            if *first != prefix {
+                return respond(w, 400, &[], b"Invalid block id: another upload id");
+            }
             st.blocks.insert((name, id), req.body.clone());
             respond(w, 201, &azure(vec![]), b"");
         }
@@ -658,7 +687,8 @@ fn blob(w: &mut TcpStream, req: &Request, state: &Mutex<State>) {
             let range = req
                 .headers
                 .get("x-ms-range")
-                .or_else(|| req.headers.get("range"));
+                .or_else(|| req.headers.get("range"))
+                .filter(|_| !st.ignore_range);
             let total = data.len() as u64;
             let body_of = |b: &[u8]| {
                 if req.method == "HEAD" {
@@ -711,6 +741,27 @@ fn blob(w: &mut TcpStream, req: &Request, state: &Mutex<State>) {
     }
 }
 
+/// The upload id of a block id in the Azure SDK's layout (what
+/// `@actions/cache` sends, and all that strict servers accept): base64 of
+/// 48 bytes, a 36-character UUID then a 12-digit zero-padded index.
+fn sdk_block_prefix(id: &str) -> Option<String> {
+    use base64::Engine as _;
+    let raw = base64::engine::general_purpose::STANDARD.decode(id).ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    if text.len() != 48 {
+        return None;
+    }
+    let (uuid, index) = text.split_at(36);
+    let uuid_ok = uuid.char_indices().all(|(i, c)| {
+        if [8, 13, 18, 23].contains(&i) {
+            c == '-'
+        } else {
+            c.is_ascii_hexdigit()
+        }
+    });
+    (uuid_ok && index.bytes().all(|b| b.is_ascii_digit())).then(|| uuid.to_string())
+}
+
 /// `@actions/cache` installed with npm (once, cached across runs).
 fn actions_cache_client() -> PathBuf {
     let dir = std::env::var_os("NIXDELTA_TEST_NPM_DIR")
@@ -755,6 +806,12 @@ import fs from 'node:fs';
 const key = process.argv[2];
 fs.mkdirSync('data', { recursive: true });
 fs.writeFileSync('data/hello.txt', 'hello from @actions/cache\n'.repeat(5000));
+// Over the SDK's 128 MiB single-shot limit, so that it uploads in blocks
+// (and the server's block-id rules are checked against the SDK's ids).
+const { randomBytes } = await import('node:crypto');
+const big = fs.openSync('data/random.bin', 'w');
+for (let i = 0; i < 136; i++) fs.writeSync(big, randomBytes(1 << 20));
+fs.closeSync(big);
 const id = await cache.saveCache(['data'], key);
 if (!(id > 0)) { console.error('saveCache returned ' + id); process.exit(1); }
 fs.rmSync('data', { recursive: true });
@@ -807,8 +864,9 @@ fn v2_twirp_server_checked_by_official_client_then_nixdelta() {
         "{log:?}"
     );
     assert!(
-        log.iter().any(|l| l.starts_with("PUT /devstoreaccount1/")),
-        "{log:?}"
+        log.iter()
+            .any(|l| l.starts_with("PUT /devstoreaccount1/") && l.contains("comp=block")),
+        "the official client uploaded in blocks: {log:?}"
     );
 
     // nixdelta through the same server: many blocks up, parallel ranges down.
@@ -878,6 +936,19 @@ fn v2_twirp_server_checked_by_official_client_then_nixdelta() {
     verify_store(&env, &fresh);
     assert!(build_offline(&env, &fresh).status.success());
 
+    // A server that ignores Range (answers 200 with the whole blob).
+    server.ignore_range(true);
+    let whole = env.path("fresh-whole");
+    let mut r = nixdelta();
+    r.arg("--store")
+        .arg(&whole)
+        .args(["archive", "restore", "--archive", "github", "--key", key]);
+    gh(&mut r);
+    let s = report(&ok(&mut r));
+    assert!(s.contains("paths: 7 added"), "{s}");
+    assert_eq!(valid_paths(&env, &whole), closure(&env, &chain6));
+    server.ignore_range(false);
+
     // Read-only (a fork's pull request): restore works, save does not.
     let mut ro = env.nixdelta(&[
         "archive",
@@ -899,4 +970,110 @@ fn v2_twirp_server_checked_by_official_client_then_nixdelta() {
     let b = bad.output().unwrap();
     assert_eq!(b.status.code(), Some(6), "{}", show(&b));
     assert!(stderr(&b).contains("401"), "{}", show(&b));
+}
+
+/// A GitHub job (`--ci github`: start, build, finish) saves its archive
+/// through the strict v2 server in several blocks; when the blob store
+/// refuses, the job still passes but the failure heads the summary and is
+/// a `::warning::` annotation.
+#[test]
+fn v2_job_saves_in_blocks_and_a_failed_save_heads_the_summary() {
+    let server = TwirpCacheTestServer::start();
+    let env = Env::new();
+    let (sec, _) = env.keygen("gh-1");
+    let cache = env.cache_url();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(
+        src.join("flake.lock"),
+        "{\"nodes\":{},\"root\":\"root\",\"version\":7}",
+    )
+    .unwrap();
+    let job = |name: &str, args: &[&str]| {
+        let mut cmd = nixdelta();
+        cmd.current_dir(&src)
+            .arg("--store")
+            .arg(env.path(&format!("stores/{name}")))
+            .args(["--ci", "github"])
+            .args(args)
+            .arg("--state-dir")
+            .arg(env.path(&format!("state/{name}")))
+            .env("GITHUB_ACTIONS", "true")
+            // One summary per step, as on GitHub.
+            .env(
+                "GITHUB_STEP_SUMMARY",
+                env.path(&format!("summary-{name}-{}.md", args[0])),
+            )
+            .env("GITHUB_OUTPUT", env.path("github-output"))
+            .env("ACTIONS_RESULTS_URL", server.url())
+            .env("ACTIONS_RUNTIME_TOKEN", &server.token)
+            .env("NIXDELTA_HTTP_CHUNK_SIZE", "16384")
+            .env_remove("ACTIONS_CACHE_URL");
+        cmd.output().unwrap()
+    };
+    let finish = |name: &str| {
+        let sec = sec.display().to_string();
+        job(
+            name,
+            &[
+                "finish",
+                "--archive",
+                "github",
+                "--to",
+                &cache,
+                "--secret-key-file",
+                &sec,
+            ],
+        )
+    };
+    let build = |name: &str, salt: &str| {
+        let mut cmd = env.nix_on(&env.path(&format!("stores/{name}")), "nix-build");
+        cmd.arg(example("fib.nix")).args([
+            "-A",
+            "chain6",
+            "--no-out-link",
+            "--argstr",
+            "salt",
+            salt,
+        ]);
+        ok(&mut cmd);
+    };
+
+    let s = job("one", &["start", "--archive", "github"]);
+    assert!(s.status.success(), "{}", show(&s));
+    build("one", "");
+    let f = finish("one");
+    assert!(f.status.success(), "{}", show(&f));
+    let log = server.log();
+    assert!(
+        !show(&f).contains("NOT saved"),
+        "saved through the strict server: {}\n{log:?}",
+        show(&f)
+    );
+    let blocks = log.iter().filter(|l| l.ends_with("comp=block")).count();
+    assert!(blocks > 1, "{blocks} blocks");
+    assert!(log.iter().any(|l| l.contains("/FinalizeCacheEntryUpload")));
+
+    // The blob store refuses every block: the job passes, and says so.
+    server.refuse_blocks(true);
+    std::fs::write(
+        src.join("flake.lock"),
+        "{\"nodes\":{},\"root\":\"root\",\"version\":7} ",
+    )
+    .unwrap();
+    let s = job("two", &["start", "--archive", "github"]);
+    assert!(s.status.success(), "{}", show(&s));
+    build("two", "two");
+    let f = finish("two");
+    assert!(f.status.success(), "{}", show(&f));
+    let out = show(&f);
+    assert!(
+        out.contains("::warning title=nixdelta::archive NOT saved"),
+        "{out}"
+    );
+    let summary = std::fs::read_to_string(env.path("summary-two-finish.md")).unwrap();
+    assert!(
+        summary.trim_start().starts_with("**archive NOT saved: "),
+        "the summary must open with the failed save:\n{summary}"
+    );
 }

@@ -285,7 +285,7 @@ fn action_warns_on_cache_faults_and_the_job_goes_on() {
     let log = a.run(Some("build"));
     let build = job_log(&log, "build");
     assert!(
-        has(&build, "::warning title=nixdelta::store archive not saved"),
+        has(&build, "::warning title=nixdelta::archive NOT saved"),
         "act output:\n{log}"
     );
     assert!(has(&build, "| uploaded | 7 |"), "act output:\n{log}");
