@@ -99,7 +99,21 @@ enum Command {
     Nar { path: PathBuf },
 }
 
+/// A `NIXDELTA_*` variable set but empty means unset (CI templates often
+/// export `VAR=` for an option not given); clap would take it as a value.
+fn drop_empty_env() {
+    let empty: Vec<_> = std::env::vars_os()
+        .filter(|(k, v)| v.is_empty() && k.to_string_lossy().starts_with("NIXDELTA_"))
+        .map(|(k, _)| k)
+        .collect();
+    for k in empty {
+        // Single-threaded: nothing else runs yet.
+        std::env::remove_var(k);
+    }
+}
+
 fn main() -> ExitCode {
+    drop_empty_env();
     let cli = match with_ci_inputs(Cli::parse()) {
         Ok(cli) => cli,
         Err(e) => {

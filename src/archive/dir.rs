@@ -214,8 +214,13 @@ impl Backend for DirBackend {
             return Ok(SaveOutcome::Exists);
         }
         fs::create_dir_all(&self.dir).map_err(|e| self.err(format!("cannot create: {e}")))?;
+        // 0666 less the umask (0644 by default), as any file: a runner
+        // group sharing the directory must read it. tempfile's default
+        // is 0600.
+        let mode = std::os::unix::fs::PermissionsExt::from_mode(0o666);
         let tmp = tempfile::Builder::new()
             .prefix(&format!(".tmp-{key}-"))
+            .permissions(mode)
             .tempfile_in(&self.dir)
             .map_err(|e| self.err(format!("cannot create a temporary file: {e}")))?;
         let bytes = {

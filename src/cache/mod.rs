@@ -78,12 +78,22 @@ pub trait BinaryCache: Send + Sync {
         None
     }
 
-    /// Writes `nix-cache-info` unless present.
+    /// Writes `nix-cache-info` unless present; refuses a cache for another
+    /// store directory (its paths would be unusable here, and ours there).
     fn ensure_cache_info(&self, store_dir: &str) -> Result<()> {
-        if !self.exists("nix-cache-info")? {
-            self.put("nix-cache-info", cache_info(store_dir).as_bytes())?;
+        let Some(text) = self.get("nix-cache-info")? else {
+            return self.put("nix-cache-info", cache_info(store_dir).as_bytes());
+        };
+        let theirs = String::from_utf8_lossy(&text)
+            .lines()
+            .find_map(|l| l.strip_prefix("StoreDir:").map(|v| v.trim().to_string()));
+        match theirs {
+            Some(d) if d != store_dir => Err(Error::cache(
+                self.url(),
+                format!("nix-cache-info says StoreDir: {d}, this store is {store_dir}"),
+            )),
+            _ => Ok(()),
         }
-        Ok(())
     }
 }
 

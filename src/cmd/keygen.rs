@@ -6,6 +6,19 @@ use nixdelta::error::{exit, Error, Result};
 use nixdelta::nix::SecretKey;
 
 pub fn keygen(name: &str, out: &Path, force: bool) -> Result<i32> {
+    // The name becomes NAME.sec / NAME.pub inside --out: it must not
+    // reach outside it (`../evil`, `a/b`) or be hidden (`.x`).
+    let plain = !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-+".contains(c));
+    if !plain {
+        return Err(Error::Usage(format!(
+            "key name {name:?}: use letters, digits, '.', '-', '_' or '+' \
+             (not starting with '.'), e.g. cache.example.org-1"
+        )));
+    }
     let key = SecretKey::generate(name).map_err(|e| Error::Usage(format!("key name: {e}")))?;
     let sec = out.join(format!("{name}.sec"));
     let public = out.join(format!("{name}.pub"));

@@ -422,6 +422,7 @@ pub fn finish_with(
     a: &ArchiveArgs,
     out: &mut dyn Write,
 ) -> Result<i32> {
+    same_store(st, store_root)?;
     let fe = ci::frontend();
     let mut md = String::new();
     let mut faults: Vec<Error> = Vec::new();
@@ -492,6 +493,25 @@ pub fn finish_with(
     }
 }
 
+/// A diff against another store's snapshot would list nearly every path
+/// of this one: refuse it.
+fn same_store(st: &State, store_root: Option<&Path>) -> Result<()> {
+    let canon = |p: Option<&Path>| p.map(|p| std::fs::canonicalize(p).unwrap_or(p.to_path_buf()));
+    if canon(st.store_root.as_deref()) == canon(store_root) {
+        return Ok(());
+    }
+    let name =
+        |p: Option<&Path>| p.map_or("the system store".to_string(), |p| p.display().to_string());
+    Err(Error::Input {
+        path: "state of start".into(),
+        msg: format!(
+            "start ran on {}, finish on {}: run both on one store",
+            name(st.store_root.as_deref()),
+            name(store_root)
+        ),
+    })
+}
+
 /// An error on one Markdown line (no emphasis markers of its own).
 fn md_line(e: &Error) -> String {
     e.to_string().replace(['\n', '\r'], " ").replace('*', "\\*")
@@ -517,7 +537,7 @@ fn filters(
     let excludes = args
         .exclude
         .iter()
-        .map(|r| Regex::new(r).map_err(|e| Error::Usage(format!("--exclude {r:?}: {e}"))))
+        .map(|r| Regex::new(r).map_err(|e| exclude_err(r, &e)))
         .collect::<Result<Vec<_>>>()?;
     let self_sources = if args.include_self_source {
         Default::default()
@@ -537,13 +557,6 @@ fn try_finish(
     args: &FinishArgs,
     out: &mut dyn Write,
 ) -> Result<Pushed> {
-    if st.store_root.as_deref() != store_root {
-        tracing::warn!(
-            "start ran on store {:?}, finish on {:?}",
-            st.store_root,
-            store_root
-        );
-    }
     let store = Store::open(store_root)?;
     let t = Instant::now();
     let new = diff::diff(&store, st)?;
@@ -888,6 +901,9 @@ pub fn run(
     a: &ArchiveArgs,
     command: &[String],
 ) -> Result<i32> {
+    // Options are checked before the command runs (which may take an
+    // hour): a bad regex, URL or key is reported now, not after it.
+    validate_push_options(args)?;
     // The user's command runs even when nixdelta cannot take a snapshot
     // (unless --strict): a cache tool must not stop the build.
     let st = match begin(store_root, a, args.strict) {
@@ -916,6 +932,28 @@ pub fn run(
     }
 }
 
+/// A bad `--exclude` on one line (regex errors draw a caret diagram).
+fn exclude_err(r: &str, e: &regex::Error) -> Error {
+    let why = e.to_string();
+    let why = why.lines().last().unwrap_or("").trim().to_string();
+    Error::Usage(format!("--exclude {r:?}: not a regular expression: {why}"))
+}
+
+/// What `finish` would refuse, checked up front: `--exclude` patterns,
+/// the `--to` URL and its signing key.
+fn validate_push_options(args: &FinishArgs) -> Result<()> {
+    for r in &args.exclude {
+        Regex::new(r).map_err(|e| exclude_err(r, &e))?;
+    }
+    if let Some(to) = &args.to {
+        nixdelta::cache::open(to)?;
+        if !args.dry_run {
+            load_secret_key(args.upload.secret_key_file.as_deref())?;
+        }
+    }
+    Ok(())
+}
+
 fn run_command(command: &[String]) -> Result<i32> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
     let (program, rest) = command
@@ -925,13 +963,26 @@ fn run_command(command: &[String]) -> Result<i32> {
     // starts is queued and forwarded rather than killing us.
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT])
         .map_err(|e| Error::Other(e.into()))?;
-    let mut child = std::process::Command::new(program)
+    let child = std::process::Command::new(program)
         .args(rest)
         // The build has no use for our signing key.
         .env_remove("NIXDELTA_SECRET_KEY")
         .env_remove("INPUT_SECRET-KEY")
-        .spawn()
-        .map_err(|e| Error::Usage(format!("cannot run {program}: {e}")))?;
+        .spawn();
+    // As a shell does: 127 when the command is not found, 126 when it
+    // cannot be executed. The job still finishes (nothing new to push).
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            };
+            eprintln!("nixdelta: cannot run {program}: {e}");
+            return Ok(code);
+        }
+    };
     let pid = child.id() as libc::pid_t;
     let handle = signals.handle();
     let forwarder = std::thread::spawn(move || {

@@ -180,10 +180,17 @@ pub fn check_flake_lock(path: &Path) -> Result<()> {
     if !obj.get("root").is_some_and(|n| n.is_string()) {
         return Err(bad("not a flake lock file: missing string \"root\"".into()));
     }
-    if !obj.get("version").is_some_and(|n| n.is_u64()) {
+    let Some(version) = obj.get("version").and_then(|n| n.as_u64()) else {
         return Err(bad(
             "not a flake lock file: missing number \"version\"".into()
         ));
+    };
+    // The versions Nix reads (5 to 7); Nix refuses the others, so would
+    // every job whose key they name.
+    if !(5..=7).contains(&version) {
+        return Err(bad(format!(
+            "lock file version {version} is not supported (Nix reads versions 5 to 7)"
+        )));
     }
     Ok(())
 }

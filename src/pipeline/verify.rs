@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use sha2::{Digest, Sha256};
 
 use crate::cache::BinaryCache;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::nix::{NarInfo, PublicKey, Sha256Hash, StorePath, DEFAULT_STORE_DIR};
 
 pub struct VerifyOptions {
@@ -62,6 +62,13 @@ pub fn verify(cache: &dyn BinaryCache, opts: &VerifyOptions) -> Result<VerifyRep
             .find_map(|l| l.strip_prefix("StoreDir:").map(|v| v.trim().to_string()))
             .unwrap_or_else(|| DEFAULT_STORE_DIR.to_string()),
         Ok(None) => {
+            // Nothing at all there: a wrong URL, not a faulty cache.
+            if cache.list("").map(|l| l.is_empty()).unwrap_or(false) {
+                return Err(Error::cache(
+                    cache.url(),
+                    "no binary cache here (no nix-cache-info, no files)",
+                ));
+            }
             report
                 .faults
                 .push("nix-cache-info: missing (Nix will not use this cache)".into());

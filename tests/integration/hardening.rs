@@ -208,3 +208,195 @@ fn wrong_keys_are_never_echoed() {
         }
     }
 }
+
+/// Item 4: `run` checks its options before the command runs; item 7:
+/// a command that is missing or not executable exits 127 / 126.
+#[test]
+fn run_validates_first_and_exits_as_a_shell_does() {
+    let env = Env::new();
+    let (sec, _) = env.keygen("run-1");
+    let sec = sec.display().to_string();
+    let marker = env.path("ran");
+    let touch = format!("touch {}", marker.display());
+    let cache = env.cache_url();
+    let cases: Vec<(Vec<&str>, i32)> = vec![
+        (
+            vec!["--to", &cache, "--secret-key-file", &sec, "--exclude", "("],
+            2,
+        ),
+        (
+            vec!["--to", "ftp://example/x", "--secret-key-file", &sec],
+            6,
+        ),
+        (
+            vec!["--to", &cache, "--secret-key-file", "/nonexistent.sec"],
+            5,
+        ),
+        (
+            vec![
+                "--to",
+                &cache,
+                "--secret-key-file",
+                &sec,
+                "--archive",
+                "nope:x",
+            ],
+            2,
+        ),
+    ];
+    for (opts, code) in cases {
+        let mut cmd = env.nixdelta(&["run"]);
+        cmd.args(&opts).args(["--", "sh", "-c", &touch]);
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(code), "{opts:?}: {}", show(&out));
+        assert!(
+            !marker.exists(),
+            "{opts:?}: the command ran before the check"
+        );
+        assert_eq!(
+            stderr(&out).trim().lines().count(),
+            1,
+            "one line: {}",
+            show(&out)
+        );
+    }
+    let not_exec = env.path("not-exec.sh");
+    std::fs::write(&not_exec, "#!/bin/sh\n").unwrap();
+    for (program, code) in [("/nonexistent/cmd", 127), (not_exec.to_str().unwrap(), 126)] {
+        let mut cmd = env.nixdelta(&["run", "--", program]);
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(code), "{program}: {}", show(&out));
+    }
+}
+
+/// Item 8: a key name cannot write outside `--out`.
+#[test]
+fn keygen_rejects_names_that_are_not_plain() {
+    let env = Env::new();
+    let out = env.path("keys");
+    for bad in ["../evil", "a/b", ".hidden", "/abs", "sp ace", ""] {
+        let o = nixdelta()
+            .args(["keygen", bad, "--out"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{bad:?}: {}", show(&o));
+        assert!(!env.path("evil.sec").exists() && !env.path("evil.pub").exists());
+    }
+    assert!(!out.exists() || std::fs::read_dir(&out).unwrap().next().is_none());
+    ok(nixdelta()
+        .args(["keygen", "cache.example.org-1", "--out"])
+        .arg(&out));
+}
+
+/// Item 12: `NIXDELTA_STORE=` (set but empty) is the same as unset.
+#[test]
+fn empty_environment_options_count_as_unset() {
+    let out = nixdelta()
+        .env("NIXDELTA_STORE", "")
+        .args(["keygen", "empty-env", "--out"])
+        .arg(Env::new().path("k"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+}
+
+/// Item 15: archives in a `dir:` backend follow the umask (0644).
+#[test]
+fn dir_archives_are_readable_by_the_group() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let backend = format!("dir:{}", env.path("archives").display());
+    crate::archive::save_chain(&env, &backend, "perm-key");
+    let file = env.path("archives/perm-key.nda");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    // The test runs under umask 022 (the default) unless told otherwise.
+    let umask = current_umask();
+    assert_eq!(mode, 0o666 & !umask, "{:o}", mode);
+}
+
+/// The umask a child shell inherits (ours).
+fn current_umask() -> u32 {
+    let out = std::process::Command::new("sh")
+        .args(["-c", "umask"])
+        .output()
+        .unwrap();
+    u32::from_str_radix(String::from_utf8_lossy(&out.stdout).trim(), 8).unwrap()
+}
+
+/// Item 5: `finish` with the state of a start on another store refuses
+/// (exit 8, one line naming both) instead of pushing nearly everything.
+#[test]
+fn finish_refuses_the_state_of_another_store() {
+    let env = Env::new();
+    let (sec, _) = env.keygen("st-1");
+    let other = env.path("other");
+    env.build("fib.nix", &["fib6"]);
+    env.nix_on(&other, "nix-store")
+        .arg("--init")
+        .output()
+        .unwrap();
+    let state = env.path("state");
+    let mut start = nixdelta();
+    start
+        .arg("--store")
+        .arg(&other)
+        .args(["start", "--state-dir"])
+        .arg(&state);
+    ok(&mut start);
+    let mut finish = env.nixdelta(&["finish", "--to", &env.cache_url(), "--secret-key-file"]);
+    finish.arg(&sec).arg("--state-dir").arg(&state);
+    let out = finish.output().unwrap();
+    assert_eq!(out.status.code(), Some(8), "{}", show(&out));
+    let err = stderr(&out);
+    assert!(err.contains(&other.display().to_string()), "{err}");
+    assert!(err.contains(&env.store().display().to_string()), "{err}");
+    assert!(!err.contains("Some("), "{err}");
+    assert!(narinfos(&env.path("cache")).is_empty(), "nothing pushed");
+}
+
+/// Item 7: `verify` of a cache that is not there is a cache error (6), not
+/// "faults found" (9); a push into a cache for another store dir is 6.
+#[test]
+fn missing_or_foreign_caches_are_cache_errors() {
+    let env = Env::new();
+    let missing = format!("file://{}", env.path("no-cache-here").display());
+    let out = env
+        .nixdelta(&["verify", "--cache", &missing])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(6), "{}", show(&out));
+
+    let (sec, _) = env.keygen("gnu-1");
+    let cache = env.path("gnu-cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::write(cache.join("nix-cache-info"), "StoreDir: /gnu/store\n").unwrap();
+    let path = env.build("fib.nix", &["fib6"]).remove(0);
+    let url = format!("file://{}", cache.display());
+    let mut push = env.nixdelta(&["push", "--to", &url, "--secret-key-file"]);
+    push.arg(&sec).arg(&path);
+    let out = push.output().unwrap();
+    assert_eq!(out.status.code(), Some(6), "{}", show(&out));
+    assert!(stderr(&out).contains("/gnu/store"), "{}", show(&out));
+    assert!(narinfos(&cache).is_empty());
+}
+
+/// Item 10: a `flake.lock` of a version Nix does not read is refused
+/// (exit 8), as Nix would.
+#[test]
+fn unknown_flake_lock_versions_are_refused() {
+    let env = Env::new();
+    let dir = env.path("src");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("flake.lock"),
+        r#"{"nodes":{"root":{}},"root":"root","version":99}"#,
+    )
+    .unwrap();
+    let backend = format!("dir:{}", env.path("archives").display());
+    let mut cmd = env.nixdelta(&["archive", "restore", "--archive", &backend, "--key-dir"]);
+    cmd.arg(&dir);
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(8), "{}", show(&out));
+    assert!(stderr(&out).contains("version 99"), "{}", show(&out));
+}
