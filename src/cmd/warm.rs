@@ -92,15 +92,36 @@ pub fn write(
             .unwrap_or_default(),
     );
     let infos: Vec<_> = store.path_infos(&paths)?.into_iter().flatten().collect();
-    let manifest = warm::build(&k.key, &infos, store.store_dir());
+    let mut manifest = warm::build(&k.key, &infos, store.store_dir());
     let secret = load_secret_key(upload.secret_key_file.as_deref())?;
     let target = cache::open(to)?;
+    // An earlier job's manifest for this key (signed by this key): keep
+    // what it lists. One that cannot be read is replaced.
+    let mine = [secret.public_key()];
+    let old = match warm::read(target.as_ref(), &k.key, &[], &mine) {
+        Ok(found) => found.map(|(_, m)| m),
+        Err(e) => {
+            tracing::warn!("replacing the warm-start manifest: {e}");
+            None
+        }
+    };
+    if let Some(old) = &old {
+        let before = old.paths.len();
+        manifest = warm::merge(old, manifest);
+        if manifest.paths.len() == before {
+            eprintln!(
+                "nixdelta: warm-start manifest {} kept ({before} paths, nothing new)",
+                warm::manifest_name(&k.key)
+            );
+            return Ok(());
+        }
+    }
     let prefixes: Vec<String> = k.restore_prefixes.last().cloned().into_iter().collect();
     warm::write(target.as_ref(), &secret, &manifest, &prefixes)?;
     eprintln!(
         "nixdelta: warm-start manifest {} ({} paths)",
         warm::manifest_name(&k.key),
-        infos.len()
+        manifest.paths.len()
     );
     Ok(())
 }

@@ -76,6 +76,21 @@ pub fn build(cache_key: &str, paths: &[PathInfo], store_dir: &str) -> WarmManife
     }
 }
 
+/// The union of what an earlier job under the same key listed and what
+/// this one adds: a job that realised nothing new (an archive hit) must
+/// not shrink the manifest to what it uploaded.
+pub fn merge(old: &WarmManifest, mut new: WarmManifest) -> WarmManifest {
+    let mut seen: std::collections::HashSet<String> =
+        new.paths.iter().map(|p| p.path.clone()).collect();
+    for p in &old.paths {
+        if seen.insert(p.path.clone()) {
+            new.paths.push(p.clone());
+        }
+    }
+    new.paths.sort_by(|a, b| a.path.cmp(&b.path));
+    new
+}
+
 /// Writes the manifest under its key and as the latest of `prefixes`.
 pub fn write(
     cache: &dyn BinaryCache,

@@ -400,3 +400,77 @@ fn unknown_flake_lock_versions_are_refused() {
     assert_eq!(out.status.code(), Some(8), "{}", show(&out));
     assert!(stderr(&out).contains("version 99"), "{}", show(&out));
 }
+
+/// Item 6: a second `finish` under the same key after an archive hit
+/// (nothing new realised) keeps the warm-start manifest whole, so a third
+/// job with only `--restore-from-cache` still gets every path.
+#[test]
+fn a_second_finish_keeps_the_warm_manifest() {
+    let env = Env::new();
+    let (sec, public) = env.keygen("warm-1");
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(
+        src.join("flake.lock"),
+        r#"{"nodes":{"root":{}},"root":"root","version":7}"#,
+    )
+    .unwrap();
+    let archive = format!("dir:{}", env.path("archives").display());
+    let cache = env.cache_url();
+    let step = |job: &str, args: &[&str]| {
+        let mut cmd = nixdelta();
+        cmd.arg("--store")
+            .arg(env.path(&format!("stores/{job}")))
+            .args(args)
+            .arg("--state-dir")
+            .arg(env.path(&format!("state/{job}")))
+            .arg("--key-dir")
+            .arg(&src);
+        ok(&mut cmd)
+    };
+    let finish = [
+        "finish",
+        "--archive",
+        &archive,
+        "--to",
+        &cache,
+        "--secret-key-file",
+    ];
+    let sec = sec.display().to_string();
+    let finish: Vec<&str> = finish.iter().copied().chain([sec.as_str()]).collect();
+
+    step("one", &["start", "--archive", &archive]);
+    let chain6 = stdout_lines(&ok(env
+        .nix_on(&env.path("stores/one"), "nix-build")
+        .arg(example("fib.nix"))
+        .args(["-A", "chain6", "--no-out-link"])))
+    .remove(0);
+    step("one", &finish);
+    let want = stdout_lines(&ok(env
+        .nix_on(&env.path("stores/one"), "nix-store")
+        .args(["-qR", &chain6])));
+
+    // Job two: the archive hits, nothing new is built.
+    let s = step("two", &["start", "--archive", &archive]);
+    assert!(show(&s).contains("hit"), "{}", show(&s));
+    let f = step("two", &finish);
+    assert!(!show(&f).contains("(0 paths)"), "{}", show(&f));
+
+    // Job three: a fresh store, the binary cache only.
+    step(
+        "three",
+        &[
+            "start",
+            "--strict",
+            "--restore-from-cache",
+            &cache,
+            "--trusted-public-key",
+            &public,
+        ],
+    );
+    let three = env.path("stores/three");
+    let valid = crate::archive::valid_paths(&env, &three);
+    for p in &want {
+        assert!(valid.contains(p), "job three lacks {p}: {valid:?}");
+    }
+}
