@@ -469,7 +469,16 @@ pub fn restore(
         n: counter.clone(),
     };
     let what = format!("{} ({})", found.key, backend.describe());
-    report.import = import::import(store, reader, &what, opts)?;
+    let opts = ImportOptions {
+        expect_key: Some(found.key.clone()),
+        ..opts.clone()
+    };
+    report.import = import::import(store, reader, &what, &opts)?;
+    if let Some(named) = &report.import.key_mismatch {
+        tracing::warn!("{what}: the archive was saved under key {named} (renamed?): not restored");
+        report.outcome = Outcome::Miss;
+        report.matched_key = None;
+    }
     report.archive_bytes = counter.load(std::sync::atomic::Ordering::Relaxed);
     report.seconds = t.elapsed().as_secs_f64();
     Ok(report)

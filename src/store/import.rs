@@ -66,6 +66,9 @@ pub struct ImportOptions {
     pub method: ImportMethod,
     /// Unpacking threads (direct method).
     pub jobs: usize,
+    /// The key the archive was found under: an archive whose manifest
+    /// names another key (renamed or copied by hand) is not imported.
+    pub expect_key: Option<String>,
 }
 
 impl Default for ImportOptions {
@@ -74,6 +77,7 @@ impl Default for ImportOptions {
         ImportOptions {
             method: ImportMethod::Auto,
             jobs: (cores * 2).clamp(2, 8),
+            expect_key: None,
         }
     }
 }
@@ -90,6 +94,10 @@ pub struct ImportStats {
     pub present: usize,
     /// Paths left out because a reference is neither in the archive nor valid.
     pub skipped: usize,
+    /// Set (to the key its manifest names) when the archive was saved
+    /// under another key than it was found under: nothing was imported.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_mismatch: Option<String>,
     pub nar_bytes_added: u64,
     pub nar_bytes_in_archive: u64,
 }
@@ -181,6 +189,15 @@ pub fn import<R: Read>(
     let mut dec = zstd::stream::read::Decoder::new(src)
         .map_err(|e| input_err(what, format!("cannot start zstd: {e}")))?;
     let manifest = format::read_header(&mut dec, what)?;
+    // Archives written before the key was recorded have none.
+    if let Some(k) = &opts.expect_key {
+        if !manifest.key.is_empty() && manifest.key != *k {
+            return Ok(ImportStats {
+                key_mismatch: Some(manifest.key),
+                ..Default::default()
+            });
+        }
+    }
     if manifest.store_dir != store.store_dir() {
         return Err(input_err(
             what,

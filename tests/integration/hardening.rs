@@ -474,3 +474,25 @@ fn a_second_finish_keeps_the_warm_manifest() {
         assert!(valid.contains(p), "job three lacks {p}: {valid:?}");
     }
 }
+
+/// Item 11: an archive renamed to another key is not restored under it:
+/// its manifest names the key it was saved under; a mismatch is a miss.
+#[test]
+fn a_renamed_archive_is_a_miss() {
+    let env = Env::new();
+    let dir = env.path("archives");
+    let backend = format!("dir:{}", dir.display());
+    crate::archive::save_chain(&env, &backend, "saved-key");
+    std::fs::rename(dir.join("saved-key.nda"), dir.join("other-key.nda")).unwrap();
+    let fresh = env.path("fresh");
+    let out = restore_into(&env, &fresh, &backend, "other-key", &[]);
+    assert!(out.status.success(), "{}", show(&out));
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains("result: miss"), "{}", show(&out));
+    assert!(
+        stderr(&out).contains("saved under key saved-key"),
+        "{}",
+        show(&out)
+    );
+    assert!(crate::archive::valid_paths(&env, &fresh).is_empty());
+}
