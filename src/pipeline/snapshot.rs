@@ -95,9 +95,15 @@ fn new_state(
 impl State {
     /// Writes `state.json` into `dir` atomically.
     pub fn save(&self, dir: &Path) -> Result<()> {
-        let io = |e: std::io::Error| Error::Input {
-            path: dir.to_path_buf(),
-            msg: e.to_string(),
+        // The state dir failing (full, a regular file, read-only) is this
+        // machine's fault, not bad input: exit 1, saying where.
+        let io = |e: std::io::Error| {
+            if e.raw_os_error() == Some(libc::ENOSPC) || e.kind() == std::io::ErrorKind::StorageFull
+            {
+                Error::Other(anyhow::anyhow!("no space left on {}", dir.display()))
+            } else {
+                Error::Other(anyhow::anyhow!("state dir {}: {e}", dir.display()))
+            }
         };
         std::fs::create_dir_all(dir).map_err(io)?;
         let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
@@ -108,6 +114,17 @@ impl State {
 
     pub fn load(dir: &Path) -> Result<State> {
         let path = dir.join(STATE_FILE);
+        // A state is small, except when the DB was unreadable and it lists
+        // every valid path (~100 bytes each): 64 MiB covers 600k paths.
+        const STATE_MAX: u64 = 64 << 20;
+        if let Ok(m) = std::fs::metadata(&path) {
+            if m.len() > STATE_MAX {
+                return Err(Error::Input {
+                    path,
+                    msg: format!("{} bytes: not a state `nixdelta start` wrote", m.len()),
+                });
+            }
+        }
         let text = std::fs::read_to_string(&path).map_err(|e| Error::Input {
             path: path.clone(),
             msg: format!("cannot read the state `nixdelta start` writes ({e}); did start run?"),

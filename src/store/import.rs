@@ -513,7 +513,7 @@ fn direct<R: Read>(
     }
     flushed?;
     if let Some(msg) = first_path_error {
-        return Err(Error::Integrity(format!("store archive {what}: {msg}")));
+        return Err(path_error(what, &msg));
     }
     if registrar.added + registrar.already_valid != registrar.order.len() {
         return Err(Error::Other(anyhow::anyhow!(
@@ -549,7 +549,7 @@ impl Registrar<'_> {
             // Fail fast: the caller stops feeding; the final flush registers
             // the verified run before the failed path.
             if let Some(m) = self.first_error() {
-                return Err(Error::Integrity(format!("store archive {what}: {m}")));
+                return Err(path_error(what, &m));
             }
         }
         loop {
@@ -672,6 +672,19 @@ fn run_with_stdin(mut cmd: Command, input: &[u8]) -> std::result::Result<(), Str
     w.map_err(|e| e.to_string())
 }
 
+/// How a path error starts when the disk is full: the machine's fault
+/// (exit 1), not the archive's (exit 7).
+const NO_SPACE: &str = "no space left on ";
+
+/// The error for a path that failed: integrity, unless the disk is full.
+fn path_error(what: &str, msg: &str) -> Error {
+    if msg.starts_with(NO_SPACE) {
+        Error::Other(anyhow::anyhow!("store archive {what}: {msg}"))
+    } else {
+        Error::Integrity(format!("store archive {what}: {msg}"))
+    }
+}
+
 /// Unpacks, verifies and renames one path into place.
 fn unpack_one(
     real_store: &Path,
@@ -702,7 +715,11 @@ fn unpack_one(
         };
         let abs = e.path.to_absolute(store_dir);
         nar_unpack::unpack(&mut hr, &tmp, UnpackOptions { canonicalise: true }).map_err(|err| {
-            if err.kind() == io::ErrorKind::InvalidData {
+            // nar_unpack adds context, keeping the error's kind.
+            if err.raw_os_error() == Some(libc::ENOSPC) || err.kind() == io::ErrorKind::StorageFull
+            {
+                format!("{NO_SPACE}{}", real_store.display())
+            } else if err.kind() == io::ErrorKind::InvalidData {
                 format!("archive is corrupt: NAR of {abs}: {err}")
             } else {
                 format!("unpacking {abs}: {err}")

@@ -268,8 +268,13 @@ fn faults_leave_only_verified_paths() {
         },
     ];
     for f in &faults {
-        let key = format!("{KEY}-{}", f.name);
-        let path = dir.join(format!("{key}.nda"));
+        // Each damaged copy under the key it was saved under (a copy
+        // under another key would be refused for its name alone).
+        let fdir = env.path(&format!("archives-{}", f.name));
+        std::fs::create_dir_all(&fdir).unwrap();
+        let fbackend = format!("dir:{}", fdir.display());
+        let key = KEY.to_string();
+        let path = fdir.join(format!("{key}.nda"));
         match f.name {
             "truncated" => {
                 let data = std::fs::read(&good).unwrap();
@@ -301,7 +306,7 @@ fn faults_leave_only_verified_paths() {
         }
         for method in ["direct", "import"] {
             let store = env.path(&format!("s-{}-{method}", f.name));
-            let r = restore_into(&env, &store, &backend, &key, &["--method", method]);
+            let r = restore_into(&env, &store, &fbackend, &key, &["--method", method]);
             let err = stderr(&r);
             if f.exit == 0 {
                 // Damage anywhere: the manifest's checksum, a NAR's hash or

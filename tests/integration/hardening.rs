@@ -496,3 +496,72 @@ fn a_renamed_archive_is_a_miss() {
     );
     assert!(crate::archive::valid_paths(&env, &fresh).is_empty());
 }
+
+/// A small tmpfs at `dir` (root only); unmounted on drop.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &Path, size: &str) -> Option<SmallDisk> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("skipped: cannot mount a tmpfs (needs root)");
+        }
+        ok.then(|| SmallDisk(dir.to_path_buf()))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Item 7: a full disk or a state dir that is a file is this machine's
+/// fault (exit 1, saying where), not bad input or a corrupt archive.
+#[test]
+fn full_disks_and_unusable_state_dirs_exit_1() {
+    let env = Env::new();
+    let backend = format!("dir:{}", env.path("archives").display());
+    // 2 MiB that does not compress, for a 1 MiB disk.
+    let big = env.path("big.bin");
+    let mut f = std::fs::File::open("/dev/urandom").unwrap();
+    let mut data = vec![0u8; 2 << 20];
+    std::io::Read::read_exact(&mut f, &mut data).unwrap();
+    std::fs::write(&big, &data).unwrap();
+    let path = stdout_lines(&ok(env.nix("nix-store").arg("--add").arg(&big))).remove(0);
+    ok(&mut env.nixdelta(&[
+        "archive",
+        "save",
+        "--archive",
+        &backend,
+        "--key",
+        "full-key",
+        &path,
+    ]));
+    let small = env.path("small");
+    let Some(_disk) = SmallDisk::mount(&small, "1m") else {
+        return;
+    };
+    let out = restore_into(&env, &small, &backend, "full-key", &["--method", "direct"]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(stderr(&out).contains("no space left on"), "{}", show(&out));
+    verify_store(&env, &small);
+
+    // The state dir is a regular file.
+    let file = env.path("state-file");
+    std::fs::write(&file, "").unwrap();
+    let mut start = env.nixdelta(&["start", "--state-dir"]);
+    start.arg(&file);
+    let out = start.output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(
+        stderr(&out).contains(&file.display().to_string()),
+        "{}",
+        show(&out)
+    );
+}
