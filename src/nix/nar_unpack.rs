@@ -47,6 +47,10 @@ fn bad(msg: impl Into<String>) -> io::Error {
 }
 
 fn at(path: &Path, what: &str, e: io::Error) -> io::Error {
+    // A full disk stays recognisable (callers report where, not which file).
+    if e.raw_os_error() == Some(libc::ENOSPC) {
+        return e;
+    }
     io::Error::new(e.kind(), format!("{what} '{}': {e}", path.display()))
 }
 

@@ -98,8 +98,7 @@ impl State {
         // The state dir failing (full, a regular file, read-only) is this
         // machine's fault, not bad input: exit 1, saying where.
         let io = |e: std::io::Error| {
-            if e.raw_os_error() == Some(libc::ENOSPC) || e.kind() == std::io::ErrorKind::StorageFull
-            {
+            if e.raw_os_error() == Some(libc::ENOSPC) {
                 Error::Other(anyhow::anyhow!("no space left on {}", dir.display()))
             } else {
                 Error::Other(anyhow::anyhow!("state dir {}: {e}", dir.display()))

@@ -715,9 +715,8 @@ fn unpack_one(
         };
         let abs = e.path.to_absolute(store_dir);
         nar_unpack::unpack(&mut hr, &tmp, UnpackOptions { canonicalise: true }).map_err(|err| {
-            // nar_unpack adds context, keeping the error's kind.
-            if err.raw_os_error() == Some(libc::ENOSPC) || err.kind() == io::ErrorKind::StorageFull
-            {
+            // nar_unpack passes a full disk through unwrapped.
+            if err.raw_os_error() == Some(libc::ENOSPC) {
                 format!("{NO_SPACE}{}", real_store.display())
             } else if err.kind() == io::ErrorKind::InvalidData {
                 format!("archive is corrupt: NAR of {abs}: {err}")
