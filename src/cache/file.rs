@@ -16,6 +16,16 @@ pub struct FileCache {
 
 const TMP_PREFIX: &str = ".nixdelta-tmp-";
 
+/// This process's temporary names: `.nixdelta-tmp-<pid>-…`, so that a run
+/// after a `kill -9` can tell whose they were.
+fn tmp_prefix() -> String {
+    format!("{TMP_PREFIX}{}-", std::process::id())
+}
+
+/// Leftovers of a dead process are removed only when older than this: the
+/// directory may be shared over NFS, where other hosts' pids mean nothing.
+const LEFTOVER_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+
 impl FileCache {
     /// Creates the directory (and `nar/`) if needed and checks it is writable.
     pub fn open(url: &str, root: &Path) -> Result<FileCache> {
@@ -27,9 +37,12 @@ impl FileCache {
             .map_err(|e| cache.err("cannot create directory", e))?;
         // Probe: an unwritable target must fail before any work is done.
         tempfile::Builder::new()
-            .prefix(TMP_PREFIX)
+            .prefix(&tmp_prefix())
             .tempfile_in(root)
             .map_err(|e| cache.err("not writable", e))?;
+        for dir in [root.to_path_buf(), root.join("nar")] {
+            crate::store::leftovers::remove(&dir, TMP_PREFIX, LEFTOVER_AGE);
+        }
         Ok(cache)
     }
 
@@ -48,7 +61,7 @@ impl FileCache {
 
     fn temp_in(&self, dir: &Path) -> Result<tempfile::NamedTempFile> {
         let tmp = tempfile::Builder::new()
-            .prefix(TMP_PREFIX)
+            .prefix(&tmp_prefix())
             .tempfile_in(dir)
             .map_err(|e| self.err("cannot create temp file", e))?;
         // Readable by a web server or another user serving this directory.

@@ -398,6 +398,13 @@ fn direct<R: Read>(
     what: &str,
     opts: &ImportOptions,
 ) -> Result<(usize, u64, usize)> {
+    // Trees a killed restore left (`.nixdelta-<pid>-…`). The age spares a
+    // restore in another pid namespace (a container sharing this store).
+    super::leftovers::remove(
+        &l.real_store_dir,
+        ".nixdelta-",
+        std::time::Duration::from_secs(600),
+    );
     let jobs = opts.jobs.max(1);
     let (job_tx, job_rx) = bounded::<Job>(jobs * 2);
     let (done_tx, done_rx) = bounded::<Done>(entries.len().max(1));

@@ -8,6 +8,7 @@
 mod cli;
 mod db;
 pub mod import;
+pub mod leftovers;
 pub mod substitute;
 
 use std::path::{Path, PathBuf};

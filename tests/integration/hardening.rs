@@ -565,3 +565,51 @@ fn full_disks_and_unusable_state_dirs_exit_1() {
         show(&out)
     );
 }
+
+/// Item 13: what a `kill -9` left (a half-unpacked tree in the store, a
+/// half-written NAR in a file:// cache) is removed by the next run once
+/// its process is gone and it is old enough; fresh ones stay (the
+/// directory may be shared with another machine or pid namespace).
+#[test]
+fn leftovers_of_killed_runs_are_cleaned_up() {
+    let env = Env::new();
+    let (sec, _) = env.keygen("left-1");
+    let backend = format!("dir:{}", env.path("archives").display());
+    let (chain6, _) = crate::archive::save_chain(&env, &backend, "left-key");
+    let fresh = env.path("fresh");
+    ok(env.nix_on(&fresh, "nix-store").arg("--init"));
+    let cache = env.path("cache");
+    std::fs::create_dir_all(cache.join("nar")).unwrap();
+    let dead = 999_999_999;
+    let plant = |path: &Path, old: bool| {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, "half").unwrap();
+        if old {
+            ok(std::process::Command::new("touch")
+                .args(["-d", "3 hours ago"])
+                .arg(path));
+        }
+    };
+    let store_dir = fresh.join("nix/store");
+    let old_tree = store_dir.join(format!(".nixdelta-{dead}-0-aaaa"));
+    let new_tree = store_dir.join(format!(".nixdelta-{dead}-1-bbbb"));
+    let old_nar = cache.join(format!("nar/.nixdelta-tmp-{dead}-xyz"));
+    let new_nar = cache.join(format!("nar/.nixdelta-tmp-{dead}-abc"));
+    plant(&old_tree, true);
+    plant(&new_tree, false);
+    plant(&old_nar, true);
+    plant(&new_nar, false);
+
+    let r = restore_into(&env, &fresh, &backend, "left-key", &["--method", "direct"]);
+    assert!(r.status.success(), "{}", show(&r));
+    assert!(
+        !old_tree.exists(),
+        "an old leftover of a dead restore stays"
+    );
+    assert!(new_tree.exists(), "a fresh one must stay");
+    let mut push = env.nixdelta(&["push", "--to", &env.cache_url(), "--secret-key-file"]);
+    push.arg(&sec).arg(&chain6);
+    ok(&mut push);
+    assert!(!old_nar.exists(), "an old leftover NAR stays");
+    assert!(new_nar.exists(), "a fresh one must stay");
+}
