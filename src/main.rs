@@ -53,6 +53,10 @@ enum Command {
         force: bool,
     },
     /// Push the closure of PATHs (signed, zstd) to a binary cache.
+    #[command(after_help = concat!(
+        cache_urls!(),
+        "\n\nExample:\n  nixdelta push --to 's3://ci-cache?region=eu-west-1' --secret-key-file ci.sec ./result"
+    ))]
     Push {
         #[command(flatten)]
         args: cmd::common::PushArgs,
@@ -61,11 +65,29 @@ enum Command {
         paths: Vec<String>,
     },
     /// Restore the store archive (with --archive), then record where the store stands, for `finish`.
+    #[command(after_help = concat!(
+        archive_backends!(),
+        "\n\n", cache_urls!(),
+        "\n\nExample:\n  nixdelta start --archive dir:/var/cache/nixdelta"
+    ))]
     Start {
         #[command(flatten)]
         args: cmd::track::StartArgs,
     },
     /// Push what was realised since `start` (the store diff), filtered; save the archive on a key miss.
+    #[command(
+        long_about = "Push what was realised since `start`: every path that became valid in the \
+store since its snapshot (the store diff), build-time and eval-time alike (fetched sources, \
+derivation inputs), each with its closure. Left out: what --upstream has, the repository's own \
+source (unless --include-self-source), --exclude matches, .drv files (unless --include-drv), \
+and what the cache has already. Signed, zstd. Then the warm-start manifest is written and the \
+store archive saved on a key miss or a partial hit.",
+        after_help = concat!(
+            cache_urls!(),
+            "\n\n", archive_backends!(),
+            "\n\nExample:\n  nixdelta finish --to https://cache.example.org/ci --secret-key-file ci.sec --archive github"
+        )
+    )]
     Finish {
         #[command(flatten)]
         state: cmd::track::StateArgs,
@@ -75,6 +97,11 @@ enum Command {
         archive: cmd::track::ArchiveArgs,
     },
     /// start, run COMMAND, finish (also when it fails); exits with its code.
+    #[command(after_help = concat!(
+        cache_urls!(),
+        "\n\n", archive_backends!(),
+        "\n\nExample:\n  nixdelta run --to file:///var/cache/nix --secret-key-file ci.sec -- nix build .#default"
+    ))]
     Run {
         #[command(flatten)]
         args: cmd::track::FinishArgs,
@@ -90,6 +117,10 @@ enum Command {
         cmd: cmd::archive::ArchiveCommand,
     },
     /// Check a binary cache: narinfos, NARs, references, signatures.
+    #[command(after_help = concat!(
+        cache_urls!(),
+        "\n\nExample:\n  nixdelta verify --cache file:///var/cache/nix --trusted-public-key ci.pub"
+    ))]
     Verify {
         #[command(flatten)]
         args: cmd::verify::VerifyArgs,

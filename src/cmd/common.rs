@@ -9,7 +9,8 @@ use nixdelta::pipeline::upload::UploadOptions;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct PushArgs {
-    /// Binary cache URL (`file:///DIR`).
+    /// Binary cache to push to: `file:///DIR`, `s3://BUCKET[/PREFIX]?…`,
+    /// `http(s)://HOST/PATH` (see below).
     #[arg(long, value_name = "URL")]
     pub to: String,
     #[command(flatten)]
@@ -28,6 +29,32 @@ pub struct UploadArgs {
     /// zstd level (Nix uses 3).
     #[arg(long, value_name = "L", default_value_t = 3)]
     pub compression_level: i32,
+}
+
+/// The URL forms every option naming a binary cache takes, for `--help`
+/// (a macro: `concat!` in clap attributes takes only literals).
+#[macro_export]
+macro_rules! cache_urls {
+    () => {
+        "\
+Binary cache URLs:
+  file:///DIR                      a directory, as Nix's file:// store
+  s3://BUCKET[/PREFIX]?region=R[&endpoint=URL][&profile=P]
+                                   AWS S3 or compatible (credentials: environment, profile)
+  http://HOST/PATH, https://...    HTTP PUT (nginx dav, ...); credentials from --netrc-file"
+    };
+}
+
+/// The archive backends `--archive` takes, for `--help`.
+#[macro_export]
+macro_rules! archive_backends {
+    () => {
+        "\
+Archive backends:
+  dir:PATH[?max-size=10G]          a directory (a persistent runner, a CI cache folder)
+  github                           the GitHub Actions cache (v2, or v1 on older servers)
+  s3://BUCKET/PREFIX?region=R[&endpoint=URL]"
+    };
 }
 
 /// Key files hold one line; anything larger is not a key file (and must

@@ -135,7 +135,8 @@ pub struct StartArgs {
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct FinishArgs {
-    /// Binary cache to push to (`file:///DIR`); without it nothing is pushed.
+    /// Binary cache to push to (`file:///DIR`, `s3://…`, `http(s)://…`, see
+    /// below); without it nothing is pushed.
     #[arg(long, value_name = "URL")]
     pub to: Option<String>,
     #[command(flatten)]

@@ -613,3 +613,33 @@ fn leftovers_of_killed_runs_are_cleaned_up() {
     assert!(!old_nar.exists(), "an old leftover NAR stays");
     assert!(new_nar.exists(), "a fresh one must stay");
 }
+
+/// Item 16: each subcommand that takes a cache or archive lists every
+/// accepted form and one example; `finish --help` says what is pushed.
+#[test]
+fn help_lists_every_url_form_and_an_example() {
+    for sub in ["push", "finish", "run", "verify", "start"] {
+        let out = ok(nixdelta().args([sub, "--help"]));
+        let text = String::from_utf8_lossy(&out.stdout);
+        for form in ["file:///DIR", "s3://BUCKET", "https://"] {
+            assert!(text.contains(form), "{sub} --help lacks {form}:\n{text}");
+        }
+        assert!(
+            text.contains(&format!("Example:\n  nixdelta {sub} ")),
+            "{sub}:\n{text}"
+        );
+        if ["finish", "run", "start"].contains(&sub) {
+            for form in ["dir:PATH", "github", "s3://BUCKET/PREFIX"] {
+                assert!(text.contains(form), "{sub} --help lacks {form}:\n{text}");
+            }
+        }
+    }
+    let out = ok(nixdelta().args(["finish", "--help"]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for what in ["store diff", "build-time and eval-time", "Left out"] {
+        assert!(
+            text.contains(what),
+            "finish --help does not say {what:?}:\n{text}"
+        );
+    }
+}
