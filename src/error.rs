@@ -28,7 +28,7 @@ pub mod exit {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot read the Nix store: {0}")]
+    #[error("Nix store: {0}")]
     Store(String),
     #[error("{0}")]
     Path(String),

@@ -863,6 +863,28 @@ impl ImportChild {
     }
 }
 
+/// Why `nix-store --import` failed, and what to do when the reason is a
+/// daemon that does not trust this user (archives carry no signatures, so
+/// only a trusted user may import them).
+fn import_failed(stderr: &str) -> Error {
+    let err = stderr.trim();
+    let untrusted = [
+        "lacks a signature",
+        "lacks a valid signature",
+        "not a trusted user",
+    ]
+    .iter()
+    .any(|m| err.contains(m));
+    if untrusted {
+        return Error::Store(format!(
+            "the Nix daemon refused the import: this user is not trusted by it. Add it to \
+             `trusted-users` in the daemon's nix.conf, or restore as root with --method direct \
+             (Nix said: {err})"
+        ));
+    }
+    Error::Store(format!("nix-store --import failed: {err}"))
+}
+
 fn via_import<R: Read>(
     l: &Layout,
     src: &mut R,
@@ -948,12 +970,32 @@ fn via_import<R: Read>(
     drop(stdin);
     let out = ic.child.wait_with_output().map_err(pipe_err)?;
     if !out.status.success() {
-        return Err(Error::Store(format!(
-            "nix-store --import failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+        return Err(import_failed(&String::from_utf8_lossy(&out.stderr)));
     }
     end?;
     format::read_trailer(src, what)?;
     Ok((added, bytes, 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn untrusted_daemon_refusals_say_what_to_do() {
+        let e = import_failed(
+            "error: cannot add path '/nix/store/abc-x' because it lacks a signature by a trusted key\n",
+        )
+        .to_string();
+        assert!(
+            e.contains("trusted-users") && e.contains("--method direct"),
+            "{e}"
+        );
+        assert!(!e.starts_with("cannot read"), "{e}");
+        let other = import_failed("error: disk on fire").to_string();
+        assert!(
+            other.contains("nix-store --import failed: error: disk on fire"),
+            "{other}"
+        );
+    }
 }
