@@ -387,12 +387,7 @@ fn missing_or_foreign_caches_are_cache_errors() {
 fn unknown_flake_lock_versions_are_refused() {
     let env = Env::new();
     let dir = env.path("src");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("flake.lock"),
-        r#"{"nodes":{"root":{}},"root":"root","version":99}"#,
-    )
-    .unwrap();
+    write_flake_lock(&dir, 99);
     let backend = format!("dir:{}", env.path("archives").display());
     let mut cmd = env.nixdelta(&["archive", "restore", "--archive", &backend, "--key-dir"]);
     cmd.arg(&dir);
@@ -409,12 +404,7 @@ fn a_second_finish_keeps_the_warm_manifest() {
     let env = Env::new();
     let (sec, public) = env.keygen("warm-1");
     let src = env.path("src");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(
-        src.join("flake.lock"),
-        r#"{"nodes":{"root":{}},"root":"root","version":7}"#,
-    )
-    .unwrap();
+    write_flake_lock(&src, 7);
     let archive = format!("dir:{}", env.path("archives").display());
     let cache = env.cache_url();
     let step = |job: &str, args: &[&str]| {

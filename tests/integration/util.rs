@@ -388,3 +388,14 @@ pub const EMPTY_FLAKE_LOCK: &str =
 pub fn nixdelta_bin() -> &'static str {
     env!("CARGO_BIN_EXE_nixdelta")
 }
+
+/// Creates `dir` with a minimal `flake.lock` of lock file `version` (a
+/// project whose archive key comes from it).
+pub fn write_flake_lock(dir: &Path, version: u32) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("flake.lock"),
+        format!(r#"{{"nodes":{{"root":{{}}}},"root":"root","version":{version}}}"#),
+    )
+    .unwrap();
+}
