@@ -20,23 +20,90 @@ use nixdelta::store::Store;
     about = "Push exactly what a Nix CI job newly realised"
 )]
 struct Cli {
-    /// Chroot store root, as Nix's `--store DIR` (default: the system store).
-    #[arg(long, global = true, value_name = "DIR", env = "NIXDELTA_STORE")]
-    store: Option<PathBuf>,
+    /// Also accepted before the subcommand (`nixdelta --store DIR start`).
+    #[command(flatten)]
+    store: StoreOpt,
     /// More output (-v: debug, -vv: trace).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    #[command(flatten)]
+    net: NetOpt,
+    #[command(flatten)]
+    ci: CiOpt,
+    #[command(subcommand)]
+    command: Command,
+}
+
+impl Cli {
+    /// `--store`, given after the subcommand or before it.
+    fn store(&self) -> Option<PathBuf> {
+        let sub = match &self.command {
+            Command::Push { store, .. }
+            | Command::Start { store, .. }
+            | Command::Finish { store, .. }
+            | Command::Run { store, .. } => store.store.clone(),
+            Command::Archive { store, .. } => store.store.clone(),
+            _ => None,
+        };
+        sub.or_else(|| self.store.store.clone())
+    }
+
+    fn netrc_file(&self) -> Option<PathBuf> {
+        let sub = match &self.command {
+            Command::Push { net, .. }
+            | Command::Start { net, .. }
+            | Command::Finish { net, .. }
+            | Command::Run { net, .. }
+            | Command::Verify { net, .. } => net.netrc_file.clone(),
+            _ => None,
+        };
+        sub.or_else(|| self.net.netrc_file.clone())
+    }
+
+    fn ci(&self) -> Option<ci::Kind> {
+        let sub = match &self.command {
+            Command::Start { ci, .. } | Command::Finish { ci, .. } | Command::Run { ci, .. } => {
+                ci.ci
+            }
+            _ => None,
+        };
+        sub.or(self.ci.ci)
+    }
+}
+
+// The options below are shown only on the subcommands they matter to
+// (flattened there), not on every one as clap's `global` would.
+
+#[derive(clap::Args, Clone, Default)]
+struct StoreOpt {
+    /// Chroot store root, as Nix's `--store DIR` (default: the system store).
+    #[arg(long, value_name = "DIR", env = "NIXDELTA_STORE")]
+    store: Option<PathBuf>,
+}
+
+/// `--store` for `archive` and its subcommands (`archive save --store DIR`).
+#[derive(clap::Args, Clone, Default)]
+struct ArchiveStoreOpt {
+    /// Chroot store root, as Nix's `--store DIR` (default: the system store).
+    #[arg(long, global = true, value_name = "DIR", env = "NIXDELTA_STORE")]
+    store: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Clone, Default)]
+struct NetOpt {
     /// netrc file with credentials for http(s):// caches, as Nix's
     /// `netrc-file` (default: /etc/nix/netrc when present).
-    #[arg(long, global = true, value_name = "FILE", env = "NIXDELTA_NETRC_FILE")]
+    #[arg(long, value_name = "FILE", env = "NIXDELTA_NETRC_FILE")]
     netrc_file: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Clone, Default)]
+struct CiOpt {
     /// Speak this CI's conventions and read its inputs (`INPUT_*`,
     /// `BUILDKITE_PLUGIN_NIXDELTA_*`, `NIXDELTA_INPUT_*`) as options of
     /// start/finish/run; set by the GitHub Action, Buildkite plugin and GitLab template.
-    #[arg(long, global = true, value_name = "CI", env = "NIXDELTA_CI")]
+    #[arg(long, value_name = "CI", env = "NIXDELTA_CI")]
     ci: Option<ci::Kind>,
-    #[command(subcommand)]
-    command: Command,
 }
 
 #[derive(Subcommand)]
@@ -59,6 +126,10 @@ enum Command {
     ))]
     Push {
         #[command(flatten)]
+        store: StoreOpt,
+        #[command(flatten)]
+        net: NetOpt,
+        #[command(flatten)]
         args: cmd::common::PushArgs,
         /// Store paths or links to them (e.g. ./result).
         #[arg(required = true, value_name = "PATH")]
@@ -71,6 +142,12 @@ enum Command {
         "\n\nExample:\n  nixdelta start --archive dir:/var/cache/nixdelta"
     ))]
     Start {
+        #[command(flatten)]
+        store: StoreOpt,
+        #[command(flatten)]
+        net: NetOpt,
+        #[command(flatten)]
+        ci: CiOpt,
         #[command(flatten)]
         args: cmd::track::StartArgs,
     },
@@ -90,6 +167,12 @@ store archive saved on a key miss or a partial hit.",
     )]
     Finish {
         #[command(flatten)]
+        store: StoreOpt,
+        #[command(flatten)]
+        net: NetOpt,
+        #[command(flatten)]
+        ci: CiOpt,
+        #[command(flatten)]
         state: cmd::track::StateArgs,
         #[command(flatten)]
         args: cmd::track::FinishArgs,
@@ -104,6 +187,12 @@ store archive saved on a key miss or a partial hit.",
     ))]
     Run {
         #[command(flatten)]
+        store: StoreOpt,
+        #[command(flatten)]
+        net: NetOpt,
+        #[command(flatten)]
+        ci: CiOpt,
+        #[command(flatten)]
         args: cmd::track::FinishArgs,
         #[command(flatten)]
         archive: cmd::track::ArchiveArgs,
@@ -113,6 +202,8 @@ store archive saved on a key miss or a partial hit.",
     },
     /// Save or restore a store archive (a whole closure in one blob, keyed by flake.lock).
     Archive {
+        #[command(flatten)]
+        store: ArchiveStoreOpt,
         #[command(subcommand)]
         cmd: cmd::archive::ArchiveCommand,
     },
@@ -122,6 +213,8 @@ store archive saved on a key miss or a partial hit.",
         "\n\nExample:\n  nixdelta verify --cache file:///var/cache/nix --trusted-public-key ci.pub"
     ))]
     Verify {
+        #[command(flatten)]
+        net: NetOpt,
         #[command(flatten)]
         args: cmd::verify::VerifyArgs,
     },
@@ -154,7 +247,7 @@ fn main() -> ExitCode {
     };
     init_logging(cli.verbose);
     nixdelta::cache::set_defaults(nixdelta::cache::CacheOptions {
-        netrc_file: cli.netrc_file.clone(),
+        netrc_file: cli.netrc_file(),
         retry: nixdelta::cache::retry::RetryPolicy::from_env(),
     });
     match run(cli) {
@@ -176,7 +269,7 @@ fn with_ci_inputs(cli: Cli) -> Result<Cli> {
         Command::Run { .. } => Some(ci::Step::Run),
         _ => None,
     };
-    let Some(kind) = cli.ci else {
+    let Some(kind) = cli.ci() else {
         return Ok(cli);
     };
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
@@ -232,25 +325,29 @@ where
 }
 
 fn run(cli: Cli) -> Result<i32> {
+    let store_root = cli.store();
+    let store_root = store_root.as_deref();
     match cli.command {
         Command::Keygen { name, out, force } => cmd::keygen::keygen(&name, &out, force),
-        Command::Push { args, paths } => {
-            let store = Store::open(cli.store.as_deref())?;
+        Command::Push { args, paths, .. } => {
+            let store = Store::open(store_root)?;
             cmd::push::push_cmd(&store, &args, &paths)
         }
-        Command::Start { args } => cmd::track::start(cli.store.as_deref(), &args),
+        Command::Start { args, .. } => cmd::track::start(store_root, &args),
         Command::Finish {
             state,
             args,
             archive,
-        } => cmd::track::finish(cli.store.as_deref(), &state, &args, &archive),
+            ..
+        } => cmd::track::finish(store_root, &state, &args, &archive),
         Command::Run {
             args,
             archive,
             command,
-        } => cmd::track::run(cli.store.as_deref(), &args, &archive, &command),
-        Command::Archive { cmd } => cmd::archive::run(cli.store.as_deref(), cmd),
-        Command::Verify { args } => cmd::verify::verify_cmd(&args),
+            ..
+        } => cmd::track::run(store_root, &args, &archive, &command),
+        Command::Archive { cmd, .. } => cmd::archive::run(store_root, cmd),
+        Command::Verify { args, .. } => cmd::verify::verify_cmd(&args),
         Command::Nar { path } => {
             let stdout = std::io::stdout();
             let mut lock = stdout.lock();

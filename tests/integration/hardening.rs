@@ -624,6 +624,24 @@ fn help_lists_every_url_form_and_an_example() {
             }
         }
     }
+    // Options that do nothing for a subcommand are not shown on it (both
+    // orders still parse where they matter).
+    for (sub, absent) in [
+        ("keygen", &["--store", "--ci", "--netrc-file"][..]),
+        ("verify", &["--store", "--ci"][..]),
+        ("push", &["--ci"][..]),
+    ] {
+        let out = ok(nixdelta().args([sub, "--help"]));
+        let text = String::from_utf8_lossy(&out.stdout);
+        for opt in absent {
+            assert!(
+                !text.contains(&format!("{opt} ")),
+                "{sub} --help shows {opt}:\n{text}"
+            );
+        }
+    }
+    let out = ok(nixdelta().args(["--store", "/tmp/x", "archive", "restore", "--help"]));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--store <DIR>"));
     let out = ok(nixdelta().args(["finish", "--help"]));
     let text = String::from_utf8_lossy(&out.stdout);
     for what in ["store diff", "build-time and eval-time", "Left out"] {
