@@ -651,3 +651,95 @@ fn help_lists_every_url_form_and_an_example() {
         );
     }
 }
+
+/// Item 14: an untrusted user of a real multi-user Nix daemon (Debian's
+/// nix-daemon on this machine's store, the user only in `nix-users`):
+/// the daemon refuses the unsigned import, and the error says so and how
+/// to fix it. Nothing reaches the store. Needs root (skipped otherwise).
+#[test]
+fn an_untrusted_daemon_user_is_told_what_to_do() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root || which("nix-daemon").is_none() || which("useradd").is_none() {
+        eprintln!("skipped: needs root, nix-daemon and useradd");
+        return;
+    }
+    let env = Env::new();
+    std::fs::set_permissions(env.path(""), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let exists = std::process::Command::new("id")
+        .arg("nxtest")
+        .output()
+        .unwrap();
+    if !exists.status.success() {
+        ok(std::process::Command::new("useradd").args(["-M", "-G", "nix-users", "nxtest"]));
+    }
+    let backend = format!("dir:{}", env.path("archives").display());
+    let src = env.path("src");
+    let mut b = env.nix_on(&src, "nix-build");
+    b.arg(example("fib.nix"))
+        .args(["-A", "chain6", "--no-out-link", "--argstr", "salt"])
+        .arg(format!("daemon-{}", std::process::id()));
+    let chain6 = stdout_lines(&ok(&mut b)).remove(0);
+    let mut save = nixdelta();
+    save.arg("--store").arg(&src);
+    ok(save.args([
+        "archive",
+        "save",
+        "--archive",
+        &backend,
+        "--key",
+        "dkey",
+        &chain6,
+    ]));
+    ok(std::process::Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(env.path("")));
+    let bin = env.path("nixdelta");
+    std::fs::copy(nixdelta_bin(), &bin).unwrap();
+
+    let mut daemon = std::process::Command::new("nix-daemon")
+        .env("NIX_CONFIG", NIX_CONFIG)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let script = format!(
+        "{} archive restore --archive {backend} --key dkey",
+        bin.display()
+    );
+    let mut out = None;
+    for _ in 0..20 {
+        let o = std::process::Command::new("su")
+            .args(["nxtest", "-s", "/bin/sh", "-c", &script])
+            .env("NIX_REMOTE", "daemon")
+            .env("NIX_CONFIG", NIX_CONFIG)
+            .output()
+            .unwrap();
+        let connecting = stderr(&o).contains("daemon-socket");
+        out = Some(o);
+        if !connecting {
+            break; // the daemon answered (its socket may not exist at first)
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let out = out.unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
+    let err = stderr(&out);
+    assert!(err.contains("the Nix daemon refused the import"), "{err}");
+    assert!(
+        err.contains("trusted-users") && err.contains("--method direct"),
+        "{err}"
+    );
+    assert!(!err.contains("cannot read the Nix store"), "{err}");
+    let valid = std::process::Command::new("nix-store")
+        .env("NIX_CONFIG", NIX_CONFIG)
+        .args(["--check-validity", &chain6])
+        .output()
+        .unwrap();
+    assert!(
+        !valid.status.success(),
+        "the refused path is valid in the store"
+    );
+}
