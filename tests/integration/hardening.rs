@@ -289,16 +289,62 @@ fn keygen_rejects_names_that_are_not_plain() {
         .arg(&out));
 }
 
-/// Item 12: `NIXDELTA_STORE=` (set but empty) is the same as unset.
+/// Item 12: `NIXDELTA_STORE=` (set but empty) is the same as unset: start
+/// snapshots the system store instead of failing on an empty path.
 #[test]
 fn empty_environment_options_count_as_unset() {
+    let env = Env::new();
+    let state = env.path("state");
     let out = nixdelta()
         .env("NIXDELTA_STORE", "")
-        .args(["keygen", "empty-env", "--out"])
-        .arg(Env::new().path("k"))
+        .env("NIXDELTA_ARCHIVE", "")
+        .args(["start", "--state-dir"])
+        .arg(&state)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", show(&out));
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(state.join("state.json")).unwrap()).unwrap();
+    assert!(v["store_root"].is_null(), "{v}");
+}
+
+/// Item 9: a huge "key file" or state file is refused at once, without
+/// being read into memory.
+#[test]
+fn huge_key_and_state_files_are_refused() {
+    let env = Env::new();
+    let big = env.path("huge.sec");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(3 << 30)
+        .unwrap(); // sparse
+    let path = env.build("fib.nix", &["fib6"]).remove(0);
+    let mut push = env.nixdelta(&["push", "--to", &env.cache_url(), "--secret-key-file"]);
+    push.arg(&big).arg(&path);
+    let t = Instant::now();
+    let out = push.output().unwrap();
+    assert_eq!(out.status.code(), Some(5), "{}", show(&out));
+    assert!(stderr(&out).contains("not a key file"), "{}", show(&out));
+    assert!(t.elapsed() < Duration::from_secs(5), "read it whole?");
+    let mut verify = env.nixdelta(&[
+        "verify",
+        "--cache",
+        &env.cache_url(),
+        "--trusted-public-key",
+    ]);
+    let out = verify.arg(&big).output().unwrap();
+    assert_eq!(out.status.code(), Some(5), "{}", show(&out));
+
+    let state = env.path("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::File::create(state.join("state.json"))
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    let mut finish = env.nixdelta(&["finish", "--state-dir"]);
+    let out = finish.arg(&state).output().unwrap();
+    assert_eq!(out.status.code(), Some(8), "{}", show(&out));
+    assert!(stderr(&out).contains("not a state"), "{}", show(&out));
 }
 
 /// Item 15: archives in a `dir:` backend follow the umask (0644).
