@@ -706,8 +706,12 @@ fn help_lists_every_url_form_and_an_example() {
 fn an_untrusted_daemon_user_is_told_what_to_do() {
     use std::os::unix::fs::PermissionsExt;
     let root = unsafe { libc::geteuid() } == 0;
-    if !root || which("nix-daemon").is_none() || which("useradd").is_none() {
-        eprintln!("skipped: needs root, nix-daemon and useradd");
+    let group = std::process::Command::new("getent")
+        .args(["group", "nix-users"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !root || !group || which("nix-daemon").is_none() || which("useradd").is_none() {
+        eprintln!("skipped: needs root, nix-daemon, useradd and the nix-users group");
         return;
     }
     let env = Env::new();
