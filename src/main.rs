@@ -22,12 +22,10 @@ use nixdelta::store::Store;
 struct Cli {
     /// Also accepted before the subcommand (`nixdelta --store DIR start`).
     #[command(flatten)]
-    store: StoreOpt,
+    before: JobOpt,
     /// More output (-v: debug, -vv: trace).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
-    #[command(flatten)]
-    net: NetOpt,
     #[command(flatten)]
     ci: CiOpt,
     #[command(subcommand)]
@@ -35,50 +33,56 @@ struct Cli {
 }
 
 impl Cli {
-    /// `--store`, given after the subcommand or before it.
-    fn store(&self) -> Option<PathBuf> {
-        let sub = match &self.command {
-            Command::Push { store, .. }
-            | Command::Start { store, .. }
-            | Command::Finish { store, .. }
-            | Command::Run { store, .. } => store.store.clone(),
-            Command::Archive { store, .. } => store.store.clone(),
-            _ => None,
+    /// `--store` and `--netrc-file`, given after the subcommand (those it
+    /// takes) or else before it.
+    fn job_opt(&self) -> JobOpt {
+        let after = match &self.command {
+            Command::Push { job, .. }
+            | Command::Start { job, .. }
+            | Command::Finish { job, .. }
+            | Command::Run { job, .. } => job.clone(),
+            Command::Archive { store, .. } => JobOpt {
+                store: store.store.clone(),
+                ..JobOpt::default()
+            },
+            Command::Verify { net, .. } => JobOpt {
+                netrc_file: net.netrc_file.clone(),
+                ..JobOpt::default()
+            },
+            Command::Keygen { .. } | Command::Nar { .. } => JobOpt::default(),
         };
-        sub.or_else(|| self.store.store.clone())
+        JobOpt {
+            store: after.store.or_else(|| self.before.store.clone()),
+            netrc_file: after.netrc_file.or_else(|| self.before.netrc_file.clone()),
+        }
     }
 
-    fn netrc_file(&self) -> Option<PathBuf> {
-        let sub = match &self.command {
-            Command::Push { net, .. }
-            | Command::Start { net, .. }
-            | Command::Finish { net, .. }
-            | Command::Run { net, .. }
-            | Command::Verify { net, .. } => net.netrc_file.clone(),
-            _ => None,
-        };
-        sub.or_else(|| self.net.netrc_file.clone())
-    }
-
+    /// `--ci`, after the subcommand (start, finish, run) or before it.
     fn ci(&self) -> Option<ci::Kind> {
-        let sub = match &self.command {
+        let after = match &self.command {
             Command::Start { ci, .. } | Command::Finish { ci, .. } | Command::Run { ci, .. } => {
                 ci.ci
             }
             _ => None,
         };
-        sub.or(self.ci.ci)
+        after.or(self.ci.ci)
     }
 }
 
 // The options below are shown only on the subcommands they matter to
 // (flattened there), not on every one as clap's `global` would.
 
+/// `--store` and `--netrc-file`: what a command that reads the store and
+/// talks to a cache takes.
 #[derive(clap::Args, Clone, Default)]
-struct StoreOpt {
+struct JobOpt {
     /// Chroot store root, as Nix's `--store DIR` (default: the system store).
     #[arg(long, value_name = "DIR", env = "NIXDELTA_STORE")]
     store: Option<PathBuf>,
+    /// netrc file with credentials for http(s):// caches, as Nix's
+    /// `netrc-file` (default: /etc/nix/netrc when present).
+    #[arg(long, value_name = "FILE", env = "NIXDELTA_NETRC_FILE")]
+    netrc_file: Option<PathBuf>,
 }
 
 /// `--store` for `archive` and its subcommands (`archive save --store DIR`).
@@ -126,9 +130,7 @@ enum Command {
     ))]
     Push {
         #[command(flatten)]
-        store: StoreOpt,
-        #[command(flatten)]
-        net: NetOpt,
+        job: JobOpt,
         #[command(flatten)]
         args: cmd::common::PushArgs,
         /// Store paths or links to them (e.g. ./result).
@@ -143,9 +145,7 @@ enum Command {
     ))]
     Start {
         #[command(flatten)]
-        store: StoreOpt,
-        #[command(flatten)]
-        net: NetOpt,
+        job: JobOpt,
         #[command(flatten)]
         ci: CiOpt,
         #[command(flatten)]
@@ -167,9 +167,7 @@ store archive saved on a key miss or a partial hit.",
     )]
     Finish {
         #[command(flatten)]
-        store: StoreOpt,
-        #[command(flatten)]
-        net: NetOpt,
+        job: JobOpt,
         #[command(flatten)]
         ci: CiOpt,
         #[command(flatten)]
@@ -187,9 +185,7 @@ store archive saved on a key miss or a partial hit.",
     ))]
     Run {
         #[command(flatten)]
-        store: StoreOpt,
-        #[command(flatten)]
-        net: NetOpt,
+        job: JobOpt,
         #[command(flatten)]
         ci: CiOpt,
         #[command(flatten)]
@@ -247,7 +243,7 @@ fn main() -> ExitCode {
     };
     init_logging(cli.verbose);
     nixdelta::cache::set_defaults(nixdelta::cache::CacheOptions {
-        netrc_file: cli.netrc_file(),
+        netrc_file: cli.job_opt().netrc_file,
         retry: nixdelta::cache::retry::RetryPolicy::from_env(),
     });
     match run(cli) {
@@ -325,7 +321,7 @@ where
 }
 
 fn run(cli: Cli) -> Result<i32> {
-    let store_root = cli.store();
+    let store_root = cli.job_opt().store;
     let store_root = store_root.as_deref();
     match cli.command {
         Command::Keygen { name, out, force } => cmd::keygen::keygen(&name, &out, force),

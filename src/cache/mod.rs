@@ -25,6 +25,13 @@ pub fn cache_info(store_dir: &str) -> String {
 }
 
 /// The name a narinfo has in a cache: `<hash part>.narinfo`.
+/// The `StoreDir:` a `nix-cache-info` names, if any.
+pub fn info_store_dir(info: &[u8]) -> Option<String> {
+    String::from_utf8_lossy(info)
+        .lines()
+        .find_map(|l| l.strip_prefix("StoreDir:").map(|v| v.trim().to_string()))
+}
+
 pub fn narinfo_name(path: &StorePath) -> String {
     format!("{}.narinfo", path.hash_part())
 }
@@ -84,10 +91,7 @@ pub trait BinaryCache: Send + Sync {
         let Some(text) = self.get("nix-cache-info")? else {
             return self.put("nix-cache-info", cache_info(store_dir).as_bytes());
         };
-        let theirs = String::from_utf8_lossy(&text)
-            .lines()
-            .find_map(|l| l.strip_prefix("StoreDir:").map(|v| v.trim().to_string()));
-        match theirs {
+        match info_store_dir(&text) {
             Some(d) if d != store_dir => Err(Error::cache(
                 self.url(),
                 format!("nix-cache-info says StoreDir: {d}, this store is {store_dir}"),

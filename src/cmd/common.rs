@@ -109,6 +109,14 @@ pub fn load_public_key(option: &str, spec: &str) -> Result<PublicKey> {
     })
 }
 
+/// Every `--trusted-public-key` given (keys or files holding one).
+pub fn load_trusted_keys(specs: &[String]) -> Result<Vec<PublicKey>> {
+    specs
+        .iter()
+        .map(|s| load_public_key("--trusted-public-key", s))
+        .collect()
+}
+
 pub fn load_secret_key(file: Option<&Path>) -> Result<SecretKey> {
     let (origin, text) = match file {
         Some(f) => (f.to_path_buf(), read_key_file(f)?),

@@ -535,11 +535,7 @@ fn filters(
     new: &[PathInfo],
     args: &FinishArgs,
 ) -> Result<(Vec<Regex>, HashSet<StorePath>)> {
-    let excludes = args
-        .exclude
-        .iter()
-        .map(|r| Regex::new(r).map_err(|e| exclude_err(r, &e)))
-        .collect::<Result<Vec<_>>>()?;
+    let excludes = compile_excludes(&args.exclude)?;
     let self_sources = if args.include_self_source {
         Default::default()
     } else {
@@ -933,19 +929,25 @@ pub fn run(
     }
 }
 
-/// A bad `--exclude` on one line (regex errors draw a caret diagram).
-fn exclude_err(r: &str, e: &regex::Error) -> Error {
-    let why = e.to_string();
-    let why = why.lines().last().unwrap_or("").trim().to_string();
-    Error::Usage(format!("--exclude {r:?}: not a regular expression: {why}"))
+/// The `--exclude` patterns; a bad one is a usage error on one line
+/// (regex errors draw a caret diagram over several).
+fn compile_excludes(patterns: &[String]) -> Result<Vec<Regex>> {
+    patterns
+        .iter()
+        .map(|r| {
+            Regex::new(r).map_err(|e| {
+                let why = e.to_string();
+                let why = why.lines().last().unwrap_or("").trim().to_string();
+                Error::Usage(format!("--exclude {r:?}: not a regular expression: {why}"))
+            })
+        })
+        .collect()
 }
 
 /// What `finish` would refuse, checked up front: `--exclude` patterns,
 /// the `--to` URL and its signing key.
 fn validate_push_options(args: &FinishArgs) -> Result<()> {
-    for r in &args.exclude {
-        Regex::new(r).map_err(|e| exclude_err(r, &e))?;
-    }
+    compile_excludes(&args.exclude)?;
     if let Some(to) = &args.to {
         nixdelta::cache::open(to)?;
         if !args.dry_run {

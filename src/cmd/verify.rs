@@ -1,7 +1,7 @@
 //! `nixdelta verify --cache URL`: lists every fault of a binary cache and
 //! exits 9 when there is any.
 
-use super::common::load_public_key;
+use super::common::load_trusted_keys;
 use nixdelta::cache;
 use nixdelta::error::{exit, Error, Result};
 use nixdelta::pipeline::verify::{verify, VerifyOptions};
@@ -30,11 +30,7 @@ pub struct VerifyArgs {
 }
 
 pub fn verify_cmd(args: &VerifyArgs) -> Result<i32> {
-    let trusted_keys = args
-        .trusted_public_keys
-        .iter()
-        .map(|k| load_public_key("--trusted-public-key", k))
-        .collect::<Result<Vec<_>>>()?;
+    let trusted_keys = load_trusted_keys(&args.trusted_public_keys)?;
     let target = cache::open(&args.cache)?;
     let upstreams = args
         .upstream

@@ -8,23 +8,15 @@ use std::time::Instant;
 
 use nixdelta::cache;
 use nixdelta::error::{Error, Result};
-use nixdelta::nix::{PublicKey, StorePath};
+use nixdelta::nix::StorePath;
 use nixdelta::pipeline::key;
 use nixdelta::pipeline::plan::{PushPlan, Skip};
 use nixdelta::pipeline::upload::UploadReport;
 use nixdelta::pipeline::warm;
 use nixdelta::store::{substitute::substitute, Store};
 
-use super::common::{load_public_key, load_secret_key, UploadArgs};
+use super::common::{load_secret_key, load_trusted_keys, UploadArgs};
 use super::track::ArchiveArgs;
-
-/// `name:base64` keys, or files holding one.
-fn trusted_keys(specs: &[String]) -> Result<Vec<PublicKey>> {
-    specs
-        .iter()
-        .map(|s| load_public_key("--trusted-public-key", s))
-        .collect()
-}
 
 fn cache_key(a: &ArchiveArgs) -> Result<key::CacheKey> {
     key::compute(
@@ -38,7 +30,7 @@ fn cache_key(a: &ArchiveArgs) -> Result<key::CacheKey> {
 /// Reads the manifest for this job's key and substitutes its paths.
 pub fn restore(store_root: Option<&Path>, url: &str, a: &ArchiveArgs) -> Result<()> {
     let t = Instant::now();
-    let keys = trusted_keys(&a.trusted_public_key)?;
+    let keys = load_trusted_keys(&a.trusted_public_key)?;
     if keys.is_empty() {
         return Err(Error::Usage(
             "--restore-from-cache needs --trusted-public-key".into(),

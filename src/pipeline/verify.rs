@@ -57,10 +57,9 @@ struct Checked {
 pub fn verify(cache: &dyn BinaryCache, opts: &VerifyOptions) -> Result<VerifyReport> {
     let mut report = VerifyReport::default();
     let store_dir = match cache.get("nix-cache-info") {
-        Ok(Some(text)) => String::from_utf8_lossy(&text)
-            .lines()
-            .find_map(|l| l.strip_prefix("StoreDir:").map(|v| v.trim().to_string()))
-            .unwrap_or_else(|| DEFAULT_STORE_DIR.to_string()),
+        Ok(Some(text)) => {
+            crate::cache::info_store_dir(&text).unwrap_or_else(|| DEFAULT_STORE_DIR.to_string())
+        }
         Ok(None) => {
             // Nothing at all there: a wrong URL, not a faulty cache.
             if cache.list("").map(|l| l.is_empty()).unwrap_or(false) {
