@@ -14,6 +14,8 @@
 pub mod archive;
 pub mod cache;
 pub mod error;
+pub mod net;
 pub mod nix;
 pub mod pipeline;
+pub mod size;
 pub mod store;

@@ -244,7 +244,7 @@ fn main() -> ExitCode {
     init_logging(cli.verbose);
     nixdelta::cache::set_defaults(nixdelta::cache::CacheOptions {
         netrc_file: cli.job_opt().netrc_file,
-        retry: nixdelta::cache::retry::RetryPolicy::from_env(),
+        retry: nixdelta::net::RetryPolicy::from_env(),
     });
     match run(cli) {
         Ok(code) => ExitCode::from(code as u8),

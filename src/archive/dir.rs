@@ -15,7 +15,7 @@ use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use super::{Backend, Found, Produce, SaveOutcome};
+use super::{check_key, Backend, Found, Produce, SaveOutcome};
 use crate::error::{Error, Result};
 
 pub const SUFFIX: &str = ".nda";
@@ -26,48 +26,12 @@ pub struct DirBackend {
     read_only: bool,
 }
 
-/// Parses `10G`, `512M`, `1.5GiB`, `1000` (bytes).
-pub fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().ok()?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        "t" | "tb" | "tib" => 1 << 40,
-        _ => return None,
-    };
-    Some((n * mult as f64) as u64)
-}
-
-/// Keys become file names and URL parts: a conservative alphabet.
-pub fn check_key(key: &str) -> Result<()> {
-    let ok = !key.is_empty()
-        && key.len() <= 512
-        && !key.starts_with('.')
-        && key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.+=".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::Usage(format!(
-            "invalid archive key {key:?}: use 1-512 of [A-Za-z0-9._+=-], not starting with '.'"
-        )))
-    }
-}
-
 impl DirBackend {
     pub fn new(spec: &Path, read_only: bool) -> Result<DirBackend> {
         let s = spec.to_string_lossy();
         let (path, max_size) = match s.split_once("?max-size=") {
             Some((p, size)) => {
-                let n = parse_size(size).ok_or_else(|| {
+                let n = crate::size::Size::parse(size).map(|s| s.0).ok_or_else(|| {
                     Error::Usage(format!("dir:{s}: bad max-size {size:?} (e.g. 10G)"))
                 })?;
                 (PathBuf::from(p), Some(n))
@@ -268,15 +232,6 @@ mod tests {
             Ok(())
         })
         .unwrap()
-    }
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("10G"), Some(10 << 30));
-        assert_eq!(parse_size("512M"), Some(512 << 20));
-        assert_eq!(parse_size("1.5GiB"), Some(3 << 29));
-        assert_eq!(parse_size("100"), Some(100));
-        assert_eq!(parse_size("x"), None);
     }
 
     #[test]

@@ -22,12 +22,14 @@ use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
-use reqwest::blocking::{Client, RequestBuilder};
+use reqwest::blocking::RequestBuilder;
 use serde_json::{json, Value};
 
-use super::http::{self, ChunkedUpload};
 use super::{Backend, Found, Produce, SaveOutcome};
 use crate::error::{Error, Result};
+use crate::net::redact::display_url;
+use crate::net::transfer::{self, snippet, ChunkedUpload};
+use crate::net::{Net, RetryPolicy};
 
 /// The `version` of every nixdelta entry: entries of other tools (whose
 /// version hashes their paths) never match ours, and ours never theirs.
@@ -116,11 +118,16 @@ pub fn open(spec: &str, read_only: bool) -> Result<Box<dyn Backend>> {
     } else {
         format!("{base}/")
     };
+    // Messages name the service and where it is (no secret in either).
+    let shown = match url::Url::parse(&base) {
+        Ok(u) => format!("{} at {}", name(v2), display_url(&u)),
+        Err(_) => name(v2).to_string(),
+    };
     Ok(Box::new(GithubBackend {
         v2,
         base,
         token,
-        client: http::client(),
+        net: Arc::new(Net::new(shown, RetryPolicy::from_env())?),
         read_only,
         no_reads,
         version: cache_version(),
@@ -131,23 +138,27 @@ pub struct GithubBackend {
     v2: bool,
     base: String,
     token: Option<String>,
-    client: Client,
+    net: Arc<Net>,
     read_only: bool,
     no_reads: bool,
     version: String,
 }
 
+fn name(v2: bool) -> &'static str {
+    if v2 {
+        "github (cache service v2)"
+    } else {
+        "github (cache service v1)"
+    }
+}
+
 impl GithubBackend {
     fn name(&self) -> &'static str {
-        if self.v2 {
-            "github (cache service v2)"
-        } else {
-            "github (cache service v1)"
-        }
+        name(self.v2)
     }
 
     fn err(&self, msg: impl std::fmt::Display) -> Error {
-        Error::cache(self.name(), msg)
+        self.net.err(msg)
     }
 
     fn auth(&self, rb: RequestBuilder) -> RequestBuilder {
@@ -161,12 +172,12 @@ impl GithubBackend {
 
     fn twirp(&self, method: &str, body: Value) -> Result<Value> {
         let url = format!("{}twirp/{TWIRP_SERVICE}/{method}", self.base);
-        let r = http::send(method, &|| {
-            self.auth(self.client.post(&url))
+        let body = body.to_string();
+        let r = self.net.send("POST", method, body.len() as u64, |c| {
+            self.auth(c.post(&url))
                 .header("Content-Type", "application/json")
-                .body(body.to_string())
-        })
-        .map_err(|e| self.err(e))?;
+                .body(body.clone())
+        })?;
         let status = r.status();
         let text = r.text().map_err(|e| self.err(format!("{method}: {e}")))?;
         if !status.is_success() {
@@ -178,7 +189,7 @@ impl GithubBackend {
             }
             let msg = v["msg"]
                 .as_str()
-                .map_or_else(|| http::snippet(&text), String::from);
+                .map_or_else(|| snippet(&text), String::from);
             return Err(self.err(format!("{method}: HTTP {status}: {msg}")));
         }
         serde_json::from_str(&text).map_err(|e| self.err(format!("{method}: bad JSON answer: {e}")))
@@ -216,26 +227,25 @@ impl GithubBackend {
         let url = field(&v, "signedUploadUrl", "signed_upload_url")
             .ok_or_else(|| self.err("CreateCacheEntry: no signedUploadUrl"))?;
         let ids: Arc<Mutex<Vec<(usize, String)>>> = Arc::default();
-        let (client, url2, ids2) = (self.client.clone(), url.clone(), ids.clone());
+        let (net, url2, ids2) = (self.net.clone(), url.clone(), ids.clone());
         let upload_id = random_uuid();
         let put = Arc::new(move |i: usize, _off: u64, data: Vec<u8>| {
             let id = block_id(&upload_id, i);
             let u = format!("{}comp=block&blockid={}", with_query(&url2), urlencode(&id));
-            let r = http::send("blob block upload", &|| {
-                client
-                    .put(&u)
+            let r = net.send("PUT", "blob block", data.len() as u64, |c| {
+                c.put(&u)
                     .header("x-ms-version", AZURE_VERSION)
                     .header("Content-Type", "application/octet-stream")
                     .body(data.clone())
             })?;
-            http::check("blob block upload", r)?;
+            net.check("PUT", "blob block", r)?;
             ids2.lock().unwrap().push((i, id));
             Ok(())
         });
-        let mut up = ChunkedUpload::new(http::chunk_size(), PARALLEL, put);
+        let mut up = ChunkedUpload::new(transfer::chunk_size(), PARALLEL, put);
         produce(&mut up)?;
         up.flush().ok();
-        let (size, _) = up.finish().map_err(|e| self.err(e))?;
+        let (size, _) = up.finish()?;
         let mut ids = std::mem::take(&mut *ids.lock().unwrap());
         ids.sort();
         let mut xml = String::from(r#"<?xml version="1.0" encoding="utf-8"?><BlockList>"#);
@@ -244,15 +254,15 @@ impl GithubBackend {
         }
         xml.push_str("</BlockList>");
         let u = format!("{}comp=blocklist", with_query(&url));
-        let r = http::send("blob block list", &|| {
-            self.client
-                .put(&u)
-                .header("x-ms-version", AZURE_VERSION)
-                .header("Content-Type", "application/xml")
-                .body(xml.clone())
-        })
-        .map_err(|e| self.err(e))?;
-        http::check("blob block list", r).map_err(|e| self.err(e))?;
+        let r = self
+            .net
+            .send("PUT", "blob block list", xml.len() as u64, |c| {
+                c.put(&u)
+                    .header("x-ms-version", AZURE_VERSION)
+                    .header("Content-Type", "application/xml")
+                    .body(xml.clone())
+            })?;
+        self.net.check("PUT", "blob block list", r)?;
         let v = self.twirp(
             "FinalizeCacheEntryUpload",
             json!({"key": key, "version": self.version, "sizeBytes": size.to_string()}),
@@ -288,12 +298,13 @@ impl GithubBackend {
             urlencode(&keys.join(",")),
             self.version
         );
-        let r = http::send("cache lookup", &|| self.v1(self.client.get(&url)))
-            .map_err(|e| self.err(e))?;
+        let r = self
+            .net
+            .send("GET", "cache lookup", 0, |c| self.v1(c.get(&url)))?;
         if r.status().as_u16() == 204 || r.status().as_u16() == 404 {
             return Ok(None);
         }
-        let r = http::check("cache lookup", r).map_err(|e| self.err(e))?;
+        let r = self.net.check("GET", "cache lookup", r)?;
         let v: Value = r
             .json()
             .map_err(|e| self.err(format!("cache lookup: bad JSON: {e}")))?;
@@ -315,18 +326,19 @@ impl GithubBackend {
     fn v1_save(&self, key: &str, produce: Produce<'_>) -> Result<SaveOutcome> {
         let body = json!({"key": key, "version": self.version}).to_string();
         let url = self.v1_url("caches");
-        let r = http::send("cache reserve", &|| {
-            self.v1(self.client.post(&url))
-                .header("Content-Type", "application/json")
-                .body(body.clone())
-        })
-        .map_err(|e| self.err(e))?;
+        let r = self
+            .net
+            .send("POST", "cache reserve", body.len() as u64, |c| {
+                self.v1(c.post(&url))
+                    .header("Content-Type", "application/json")
+                    .body(body.clone())
+            })?;
         if matches!(r.status().as_u16(), 409 | 400) {
             let t = r.text().unwrap_or_default();
-            tracing::info!("{}: {key} not reserved: {}", self.name(), http::snippet(&t));
+            tracing::info!("{}: {key} not reserved: {}", self.name(), snippet(&t));
             return Ok(SaveOutcome::Exists);
         }
-        let r = http::check("cache reserve", r).map_err(|e| self.err(e))?;
+        let r = self.net.check("POST", "cache reserve", r)?;
         let v: Value = r
             .json()
             .map_err(|e| self.err(format!("cache reserve: bad JSON: {e}")))?;
@@ -334,14 +346,14 @@ impl GithubBackend {
             .as_i64()
             .ok_or_else(|| self.err(format!("cache reserve: no cacheId in {v}")))?;
         let chunk_url = self.v1_url(&format!("caches/{id}"));
-        let (client, token, u) = (self.client.clone(), self.token.clone(), chunk_url.clone());
+        let (net, token, u) = (self.net.clone(), self.token.clone(), chunk_url.clone());
         let put = Arc::new(move |_i: usize, off: u64, data: Vec<u8>| {
             if data.is_empty() {
                 return Ok(());
             }
             let end = off + data.len() as u64 - 1;
-            let r = http::send("cache chunk upload", &|| {
-                let mut rb = client
+            let r = net.send("PATCH", "cache chunk", data.len() as u64, |c| {
+                let mut rb = c
                     .patch(&u)
                     .header("Accept", "application/json;api-version=6.0-preview.1")
                     .header("Content-Type", "application/octet-stream")
@@ -352,19 +364,20 @@ impl GithubBackend {
                 }
                 rb
             })?;
-            http::check("cache chunk upload", r).map(|_| ())
+            net.check("PATCH", "cache chunk", r).map(|_| ())
         });
-        let mut up = ChunkedUpload::new(http::chunk_size(), PARALLEL, put);
+        let mut up = ChunkedUpload::new(transfer::chunk_size(), PARALLEL, put);
         produce(&mut up)?;
-        let (size, _) = up.finish().map_err(|e| self.err(e))?;
+        let (size, _) = up.finish()?;
         let body = json!({"size": size}).to_string();
-        let r = http::send("cache commit", &|| {
-            self.v1(self.client.post(&chunk_url))
-                .header("Content-Type", "application/json")
-                .body(body.clone())
-        })
-        .map_err(|e| self.err(e))?;
-        http::check("cache commit", r).map_err(|e| self.err(e))?;
+        let r = self
+            .net
+            .send("POST", "cache commit", body.len() as u64, |c| {
+                self.v1(c.post(&chunk_url))
+                    .header("Content-Type", "application/json")
+                    .body(body.clone())
+            })?;
+        self.net.check("POST", "cache commit", r)?;
         Ok(SaveOutcome::Saved { bytes: size })
     }
 }
@@ -440,7 +453,7 @@ impl Backend for GithubBackend {
     }
 
     fn lookup(&self, key: &str, prefixes: &[String]) -> Result<Option<Found>> {
-        super::dir::check_key(key)?;
+        super::check_key(key)?;
         if self.no_reads {
             tracing::info!(
                 "{}: ACTIONS_CACHE_MODE forbids reads: not restoring",
@@ -457,19 +470,18 @@ impl Backend for GithubBackend {
 
     fn open(&self, found: &Found) -> Result<Box<dyn Read + Send>> {
         // Signed URLs carry their own authorisation; act's needs none.
-        http::download(
-            &self.client,
-            &found.locator,
+        let url = found.locator.clone();
+        transfer::download(
+            self.net.clone(),
             "archive download",
-            http::chunk_size() as u64,
+            transfer::chunk_size() as u64,
             PARALLEL,
-            Arc::new(|rb| rb),
+            Arc::new(move |c| c.get(&url)),
         )
-        .map_err(|e| self.err(e))
     }
 
     fn save(&self, key: &str, produce: Produce<'_>) -> Result<SaveOutcome> {
-        super::dir::check_key(key)?;
+        super::check_key(key)?;
         if self.read_only {
             return Ok(SaveOutcome::ReadOnly);
         }

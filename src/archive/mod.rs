@@ -10,7 +10,6 @@
 pub mod dir;
 pub mod format;
 pub mod github;
-pub mod http;
 pub mod s3;
 
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -482,6 +481,23 @@ pub fn restore(
     report.archive_bytes = counter.load(std::sync::atomic::Ordering::Relaxed);
     report.seconds = t.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Keys become file names and URL parts: a conservative alphabet.
+pub fn check_key(key: &str) -> Result<()> {
+    let ok = !key.is_empty()
+        && key.len() <= 512
+        && !key.starts_with('.')
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.+=".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Usage(format!(
+            "invalid archive key {key:?}: use 1-512 of [A-Za-z0-9._+=-], not starting with '.'"
+        )))
+    }
 }
 
 #[cfg(test)]

@@ -8,16 +8,19 @@
 use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use reqwest::blocking::{Client, RequestBuilder};
 use url::Url;
 use zeroize::Zeroizing;
 
-use super::net::{content_type, display_url, parallel_map, Background, Net, MAX_IN_FLIGHT};
+use super::background::Background;
+use super::content_type;
 use super::spool::{SpoolData, SpoolTarget, SpooledNar};
 use super::{narinfo_name, BinaryCache, CacheOptions, NarUpload};
 use crate::error::{Error, Result};
+use crate::net::client::STREAM_TIMEOUT;
+use crate::net::redact::display_url;
+use crate::net::{parallel_map, Net, MAX_IN_FLIGHT};
 use crate::nix::StorePath;
 
 /// Env var holding a bearer token for http(s) targets.
@@ -25,8 +28,6 @@ pub const TOKEN_ENV: &str = "NIXDELTA_CACHE_TOKEN";
 /// NARs at least this large are checked with HEAD before upload: content
 /// addressed, so one already there (an interrupted push) is not sent again.
 pub const SKIP_EXISTING_FROM: u64 = 32 << 20;
-/// Streaming reads (a NAR being verified) may take this long.
-const READ_TIMEOUT: Duration = Duration::from_secs(3600);
 
 pub enum Auth {
     None,
@@ -175,18 +176,18 @@ impl BinaryCache for HttpCache {
     fn reader(&self, rel: &str) -> Result<Option<Box<dyn Read + Send>>> {
         let i = &self.inner;
         let url = i.url_of(rel)?;
-        i.net.call(
+        i.net.call_with_timeout(
             "GET",
             rel,
-            0,
-            |c| i.req(c, reqwest::Method::GET, &url).timeout(READ_TIMEOUT),
+            STREAM_TIMEOUT,
+            |c| i.req(c, reqwest::Method::GET, &url),
             |resp| {
                 if resp.status().is_success() {
                     Ok(Some(Box::new(resp) as Box<dyn Read + Send>))
                 } else if resp.status() == reqwest::StatusCode::NOT_FOUND {
                     Ok(None)
                 } else {
-                    Err(super::retry::status_error(resp))
+                    Err(crate::net::retry::status_error(resp))
                 }
             },
         )

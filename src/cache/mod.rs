@@ -1,10 +1,9 @@
 //! Binary-cache targets (Nix substituters we write to). The push pipeline
 //! only sees [`BinaryCache`]; it does not know which target it talks to.
 
+mod background;
 mod file;
 pub mod http;
-pub(crate) mod net;
-pub mod retry;
 pub mod s3;
 pub mod spool;
 
@@ -118,7 +117,7 @@ pub struct CacheOptions {
     /// `netrc-file`); default `$NIXDELTA_NETRC_FILE`, else `/etc/nix/netrc`
     /// when present.
     pub netrc_file: Option<PathBuf>,
-    pub retry: retry::RetryPolicy,
+    pub retry: crate::net::RetryPolicy,
 }
 
 static DEFAULTS: OnceLock<CacheOptions> = OnceLock::new();
@@ -131,7 +130,7 @@ pub fn set_defaults(opts: CacheOptions) {
 fn defaults() -> CacheOptions {
     DEFAULTS.get().cloned().unwrap_or_else(|| CacheOptions {
         netrc_file: None,
-        retry: retry::RetryPolicy::from_env(),
+        retry: crate::net::RetryPolicy::from_env(),
     })
 }
 
@@ -174,31 +173,20 @@ pub fn open_with(url: &str, opts: &CacheOptions) -> Result<Box<dyn BinaryCache>>
     }
     let scheme = url.split("://").next().unwrap_or(url);
     Err(Error::cache(
-        &without_userinfo(url),
+        &crate::net::redact::without_userinfo(url),
         format!("unsupported URL scheme {scheme:?} (supported: file://, s3://, http://, https://)"),
     ))
 }
 
-/// `scheme://user:pass@host/…` → `scheme://host/…`, for messages.
-pub fn without_userinfo(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let auth_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..auth_end].rfind('@') {
-        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
-        None => url.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod url_tests {
-    #[test]
-    fn userinfo_is_dropped() {
-        assert_eq!(
-            super::without_userinfo("ftp://u:p@h/x?y=z@w"),
-            "ftp://h/x?y=z@w"
-        );
-        assert_eq!(super::without_userinfo("file:///a@b"), "file:///a@b");
+/// Content types Nix's own binary caches use.
+pub fn content_type(rel: &str) -> &'static str {
+    if rel.ends_with(".narinfo") {
+        "text/x-nix-narinfo"
+    } else if rel == "nix-cache-info" {
+        "text/x-nix-cache-info"
+    } else if rel.starts_with("nar/") {
+        "application/x-nix-nar"
+    } else {
+        "application/octet-stream"
     }
 }

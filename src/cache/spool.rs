@@ -150,8 +150,8 @@ impl Read for RangeReader {
 
 /// A network target's side of a spooled NAR upload.
 pub trait SpoolTarget: Send + Sync + 'static {
-    fn net(&self) -> &super::net::Net;
-    fn background(&self) -> &Arc<super::net::Background>;
+    fn net(&self) -> &crate::net::Net;
+    fn background(&self) -> &Arc<super::background::Background>;
     /// Uploads a finished NAR as `rel` (runs in the background).
     fn upload_nar(&self, rel: &str, data: &SpoolData) -> crate::error::Result<()>;
     /// Uploads a file as `rel`, now.
@@ -162,7 +162,7 @@ pub trait SpoolTarget: Send + Sync + 'static {
     /// upload failed.
     fn put_after_nar(&self, rel: &str, data: &[u8]) -> crate::error::Result<()> {
         if rel.ends_with(".narinfo") {
-            if let Some(nar) = super::net::narinfo_nar_url(data) {
+            if let Some(nar) = super::background::narinfo_nar_url(data) {
                 self.background().wait(&nar).map_err(|e| {
                     self.net()
                         .err(format!("{rel} not written, its NAR failed: {e}"))
@@ -174,7 +174,7 @@ pub trait SpoolTarget: Send + Sync + 'static {
 }
 
 /// A NAR written to a [`Spool`] and, on commit, uploaded in the background
-/// (see [`super::net::Background`]): the narinfo naming it waits for it.
+/// (see [`super::background::Background`]): the narinfo naming it waits for it.
 pub struct SpooledNar<T: SpoolTarget> {
     spool: Spool,
     target: Arc<T>,

@@ -2,11 +2,12 @@
 
 use std::path::{Path, PathBuf};
 
-use nixdelta::archive::{self, dir::parse_size, ImportMethod, ImportOptions, SaveOptions};
+use nixdelta::archive::{self, ImportMethod, ImportOptions, SaveOptions};
 use nixdelta::error::{exit, Error, Result};
 use nixdelta::nix::StorePath;
 use nixdelta::pipeline::key::{self, CacheKey};
 use nixdelta::pipeline::summary::mb;
+use nixdelta::size::Size;
 use nixdelta::store::Store;
 
 #[derive(clap::Args, Clone, Debug)]
@@ -82,7 +83,7 @@ pub enum ArchiveCommand {
 fn cache_key(args: &KeyArgs, prefixes: &[String]) -> Result<CacheKey> {
     let system = args.system.clone().unwrap_or_else(key::current_system);
     if let Some(k) = &args.key {
-        archive::dir::check_key(k)?;
+        archive::check_key(k)?;
         let mut restore_prefixes = prefixes.to_vec();
         let default = key::key_prefix(&system);
         if !restore_prefixes.contains(&default) && k.starts_with(&default) {
@@ -142,11 +143,7 @@ pub fn run(store_root: Option<&Path>, cmd: ArchiveCommand) -> Result<i32> {
                 .map(|p| store.parse_path_arg(p))
                 .collect::<Result<Vec<StorePath>>>()?;
             let max_nar_size = max_archive_size
-                .map(|s| {
-                    parse_size(&s).ok_or_else(|| {
-                        Error::Usage(format!("--max-archive-size {s:?}: expected e.g. 4G"))
-                    })
-                })
+                .map(|s| Size::of_option("--max-archive-size", &s).map(|s| s.0))
                 .transpose()?;
             let opts = SaveOptions {
                 level: compression_level,

@@ -53,7 +53,7 @@ macro_rules! archive_backends {
 Archive backends:
   dir:PATH[?max-size=10G]          a directory (a persistent runner, a CI cache folder)
   github                           the GitHub Actions cache (v2, or v1 on older servers)
-  s3://BUCKET/PREFIX?region=R[&endpoint=URL]"
+  s3://BUCKET/PREFIX?region=R[&endpoint=URL][&profile=P]   credentials as for --to"
     };
 }
 

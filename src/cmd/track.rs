@@ -109,8 +109,7 @@ impl ArchiveArgs {
 
     fn resave_threshold(&self) -> Result<u64> {
         let s = &self.resave_threshold;
-        archive::dir::parse_size(s)
-            .ok_or_else(|| Error::Usage(format!("--resave-threshold {s:?}: expected e.g. 64M")))
+        nixdelta::size::Size::of_option("--resave-threshold", s).map(|s| s.0)
     }
 
     pub(crate) fn key_dir(&self) -> &Path {
@@ -807,10 +806,7 @@ fn save_step(
     let max_nar_size = a
         .max_archive_size
         .as_deref()
-        .map(|s| {
-            archive::dir::parse_size(s)
-                .ok_or_else(|| Error::Usage(format!("--max-archive-size {s:?}: expected e.g. 4G")))
-        })
+        .map(|s| nixdelta::size::Size::of_option("--max-archive-size", s).map(|s| s.0))
         .transpose()?;
     let opts = SaveOptions {
         max_nar_size,

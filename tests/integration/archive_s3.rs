@@ -112,3 +112,87 @@ fn s3_save_then_restore_into_fresh_store() {
     ));
     assert!(String::from_utf8_lossy(&r.stdout).contains("result: miss"));
 }
+
+/// The archive's S3 backend is the binary cache's: `?profile=` reads the
+/// shared credentials file, and the retry settings bound every request.
+#[test]
+fn s3_archive_reads_profiles_and_follows_the_retry_settings() {
+    use crate::proxy::{Fault, Proxy, Rule};
+    use crate::servers::{ACCESS_KEY, SECRET_KEY};
+    use std::time::{Duration, Instant};
+
+    let env = Env::new();
+    let weed = Seaweed::start(&env.path("weed"));
+    let chain6 = env.build("fib.nix", &["chain6"]).remove(0);
+    let creds = env.path("aws-credentials");
+    std::fs::write(
+        &creds,
+        format!("[ci]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n"),
+    )
+    .unwrap();
+    let profile_cmd = |store: &std::path::Path, args: &[&str]| {
+        let mut cmd = archive_cmd(&env, store, args);
+        cmd.env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env("AWS_SHARED_CREDENTIALS_FILE", &creds)
+            .env("AWS_CONFIG_FILE", env.path("no-aws-config"));
+        cmd
+    };
+    let url = format!("{}&profile=ci", weed.s3_url());
+    let key = "nixdelta-v1-x86_64-linux-profile01";
+    let s = ok(&mut profile_cmd(
+        &env.store(),
+        &["save", "--archive", &url, "--key", key, &chain6],
+    ));
+    assert!(
+        String::from_utf8_lossy(&s.stdout).contains("result: saved"),
+        "{}",
+        show(&s)
+    );
+    let fresh = env.path("fresh");
+    let r = ok(&mut profile_cmd(
+        &fresh,
+        &["restore", "--archive", &url, "--key", key],
+    ));
+    assert!(
+        String::from_utf8_lossy(&r.stdout).contains("result: hit"),
+        "{}",
+        show(&r)
+    );
+    assert_eq!(valid_paths(&env, &fresh), closure(&env, &chain6));
+
+    // Every lookup fails with 500: the retry deadline bounds the restore
+    // (the archive's old loop took five attempts, 7.5 s, whatever it was).
+    let proxy = Proxy::start(
+        weed.port,
+        Rule::Always {
+            method: "HEAD",
+            path_contains: ".nda".into(),
+            fault: Fault::Error500,
+        },
+        Duration::from_secs(5),
+    );
+    let via = weed.s3_url_via(proxy.port);
+    let start = Instant::now();
+    let r = archive_cmd(
+        &env,
+        &env.path("other"),
+        &["restore", "--archive", &via, "--key", key],
+    )
+    .env("NIXDELTA_RETRY_DEADLINE", "1")
+    .output()
+    .unwrap();
+    let took = start.elapsed();
+    assert_eq!(r.status.code(), Some(6), "{}", show(&r));
+    let err = stderr(&r);
+    // "… (gave up after N attempts in 1.0 s)": within the deadline.
+    let secs: f64 = err
+        .split(" attempts in ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no retry summary: {err}"));
+    assert!(err.contains("HTTP 500") && secs <= 1.5, "{err}");
+    assert!(took < Duration::from_secs(5), "took {took:?}: {err}");
+    assert!(proxy.count(Fault::Error500) >= 2, "no retry: {err}");
+}

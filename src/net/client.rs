@@ -1,19 +1,20 @@
-//! What the network targets (s3://, http(s)://) share: one blocking HTTP
-//! client (rustls), the retrier, bounded parallelism for many small
-//! requests, and the URL shown to the user (never with credentials).
+//! One blocking HTTP client (rustls, the CA bundle Nix reads) with the
+//! retrier behind every request, and bounded parallelism for many small
+//! requests. Binary caches and archive backends both send through [`Net`].
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use reqwest::blocking::{Client, RequestBuilder, Response};
 
-use super::retry::{status_error, transport, Attempt, Retrier, RetryPolicy};
+use super::retry::{retryable, status_error, transport, Attempt, Retrier, RetryPolicy};
 use crate::error::{Error, Result};
 
 /// Existence checks (and other small requests) in flight at once.
 pub const MAX_IN_FLIGHT: usize = 32;
+/// Timeout of one attempt that streams a response of unknown size (a NAR
+/// being verified, an archive from a server that ignores `Range`).
+pub const STREAM_TIMEOUT: Duration = Duration::from_secs(3600);
 
 #[derive(Debug)]
 pub struct Net {
@@ -70,10 +71,23 @@ impl Net {
         what: &str,
         body_len: u64,
         make: impl Fn(&Client) -> RequestBuilder,
+        handle: impl FnMut(Response) -> Result<T, Attempt>,
+    ) -> Result<T> {
+        let timeout = self.retrier.attempt_timeout(body_len);
+        self.call_with_timeout(method, what, timeout, make, handle)
+    }
+
+    /// [`Net::call`] with each attempt given `timeout` (a stream).
+    pub fn call_with_timeout<T>(
+        &self,
+        method: &'static str,
+        what: &str,
+        timeout: Duration,
+        make: impl Fn(&Client) -> RequestBuilder,
         mut handle: impl FnMut(Response) -> Result<T, Attempt>,
     ) -> Result<T> {
         self.retrier
-            .run(method, what, body_len, |timeout| {
+            .run_with_timeout(method, what, timeout, |timeout| {
                 let resp = make(&self.client)
                     .timeout(timeout)
                     .send()
@@ -134,6 +148,38 @@ impl Net {
                 Err(status_error(resp))
             }
         })
+    }
+
+    /// Sends, retrying transient failures (transport, 5xx, 429, 408); any
+    /// other answer comes back for the caller to judge.
+    pub fn send(
+        &self,
+        method: &'static str,
+        what: &str,
+        body_len: u64,
+        make: impl Fn(&Client) -> RequestBuilder,
+    ) -> Result<Response> {
+        self.call(method, what, body_len, make, |resp| {
+            if retryable(resp.status()) {
+                Err(status_error(resp))
+            } else {
+                Ok(resp)
+            }
+        })
+    }
+
+    /// `resp` unless its status is not a success: then an error quoting
+    /// the start of the body (where servers say why).
+    pub fn check(&self, method: &str, what: &str, resp: Response) -> Result<Response> {
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let body = resp.text().unwrap_or_default();
+        Err(self.err(format!(
+            "{method} {what}: HTTP {status}: {}",
+            super::transfer::snippet(&body)
+        )))
     }
 
     /// Logs how many requests this target made (and retried).
@@ -220,29 +266,6 @@ pub fn parallel_map<I: Sync, T: Send>(
         .collect())
 }
 
-/// `scheme://host[:port]/path` without user info, query or fragment.
-pub fn display_url(url: &url::Url) -> String {
-    let mut u = url.clone();
-    let _ = u.set_username("");
-    let _ = u.set_password(None);
-    u.set_query(None);
-    u.set_fragment(None);
-    u.to_string().trim_end_matches('/').to_string()
-}
-
-/// Content types Nix's own binary caches use.
-pub fn content_type(rel: &str) -> &'static str {
-    if rel.ends_with(".narinfo") {
-        "text/x-nix-narinfo"
-    } else if rel == "nix-cache-info" {
-        "text/x-nix-cache-info"
-    } else if rel.starts_with("nar/") {
-        "application/x-nix-nar"
-    } else {
-        "application/octet-stream"
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,130 +284,4 @@ mod tests {
         });
         assert!(e.is_err());
     }
-
-    #[test]
-    fn background_uploads_gate_narinfos() {
-        let bg = Arc::new(Background::default());
-        let runs = Arc::new(AtomicUsize::new(0));
-        for (rel, ok) in [("nar/a", true), ("nar/b", false), ("nar/a", true)] {
-            let runs = runs.clone();
-            bg.start(rel, 10, move || {
-                runs.fetch_add(1, Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(20));
-                if ok {
-                    Ok(())
-                } else {
-                    Err(Error::cache("u", "HTTP 500"))
-                }
-            });
-        }
-        assert_eq!(bg.wait("nar/a"), Ok(()));
-        assert_eq!(bg.wait("nar/b"), Err("HTTP 500".to_string()));
-        assert_eq!(bg.wait("nar/never-started"), Ok(()));
-        bg.wait_all();
-        // The same NAR twice is uploaded once.
-        assert_eq!(runs.load(Ordering::Relaxed), 2);
-        assert_eq!(
-            narinfo_nar_url(b"StorePath: /nix/store/x\nURL: nar/abc.nar.zst\n").as_deref(),
-            Some("nar/abc.nar.zst")
-        );
-    }
-
-    #[test]
-    fn display_url_drops_secrets() {
-        let u = url::Url::parse("https://me:secret@host:8080/cache/?token=x").unwrap();
-        assert_eq!(display_url(&u), "https://host:8080/cache");
-    }
-}
-
-/// NAR uploads running in the background, so the threads that compress
-/// NARs never wait on the network ("write-behind"), with the closure
-/// invariant kept by [`Background::wait`]: a narinfo is only written once
-/// the upload of the NAR it names has succeeded.
-#[derive(Debug, Default)]
-pub struct Background {
-    state: Mutex<BackgroundState>,
-    cond: Condvar,
-}
-
-#[derive(Debug, Default)]
-struct BackgroundState {
-    in_flight: usize,
-    bytes_in_flight: u64,
-    /// NAR → `None` while uploading, then its outcome.
-    nars: HashMap<String, Option<Result<(), String>>>,
-}
-
-/// Uploads in flight at once (each holds one spooled NAR: ≤ 1 MiB of memory
-/// or an unlinked temp file); more wait, which holds back compression.
-pub const MAX_BACKGROUND: usize = 8;
-/// Spooled bytes waiting for upload, at most (one larger NAR goes alone).
-pub const MAX_BACKGROUND_BYTES: u64 = 1 << 30;
-
-impl Background {
-    /// Runs `upload` of `rel` in the background once a slot is free. A NAR
-    /// of the same name already uploaded or uploading is the same bytes
-    /// (content-addressed): not sent twice.
-    pub fn start(
-        self: &Arc<Self>,
-        rel: &str,
-        bytes: u64,
-        upload: impl FnOnce() -> Result<()> + Send + 'static,
-    ) {
-        let mut st = self.state.lock().expect("background state");
-        while st.in_flight >= MAX_BACKGROUND
-            || (st.in_flight > 0 && st.bytes_in_flight + bytes > MAX_BACKGROUND_BYTES)
-        {
-            st = self.cond.wait(st).expect("background state");
-        }
-        if matches!(st.nars.get(rel), Some(None) | Some(Some(Ok(())))) {
-            return;
-        }
-        st.nars.insert(rel.to_string(), None);
-        st.in_flight += 1;
-        st.bytes_in_flight += bytes;
-        drop(st);
-        let me = self.clone();
-        let rel = rel.to_string();
-        std::thread::spawn(move || {
-            let outcome = upload().map_err(|e| match e {
-                Error::Cache { msg, .. } => msg,
-                e => e.to_string(),
-            });
-            let mut st = me.state.lock().expect("background state");
-            st.nars.insert(rel, Some(outcome));
-            st.in_flight -= 1;
-            st.bytes_in_flight -= bytes;
-            me.cond.notify_all();
-        });
-    }
-
-    /// Waits for the upload of `rel`, if one was started here; its error.
-    pub fn wait(&self, rel: &str) -> Result<(), String> {
-        let mut st = self.state.lock().expect("background state");
-        loop {
-            match st.nars.get(rel) {
-                None => return Ok(()),
-                Some(Some(outcome)) => return outcome.clone(),
-                Some(None) => st = self.cond.wait(st).expect("background state"),
-            }
-        }
-    }
-
-    /// Waits for every upload started.
-    pub fn wait_all(&self) {
-        let mut st = self.state.lock().expect("background state");
-        while st.in_flight > 0 {
-            st = self.cond.wait(st).expect("background state");
-        }
-    }
-}
-
-/// The `URL:` of a narinfo being written (the NAR it needs first).
-pub fn narinfo_nar_url(data: &[u8]) -> Option<String> {
-    std::str::from_utf8(data)
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("URL: "))
-        .map(|u| u.trim().to_string())
 }

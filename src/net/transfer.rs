@@ -1,18 +1,17 @@
-//! HTTP plumbing shared by the network backends: one blocking client,
-//! retries with backoff on 5xx/429/resets (saying what was given up on),
-//! parallel chunked upload behind a `Write`, and parallel ranged download
-//! behind a `Read`, both with bounded memory (chunk size × parallelism).
+//! Large transfers over [`Net`] (so under its retry policy): parallel
+//! chunked upload behind a `Write`, and parallel ranged download behind a
+//! `Read`, both with bounded memory (chunk size × parallelism).
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
-use reqwest::blocking::{Client, RequestBuilder, Response};
+use reqwest::blocking::{Client, RequestBuilder};
 
-/// Attempts per request.
-pub const ATTEMPTS: u32 = 5;
+use super::retry::{status_error, transport, Attempt};
+use super::{Net, STREAM_TIMEOUT};
+use crate::error::Result;
 
 /// Transfer chunk (upload block, download range): 8 MiB, or
 /// `$NIXDELTA_HTTP_CHUNK_SIZE` bytes (at least 1 KiB; tests use small ones).
@@ -23,68 +22,7 @@ pub fn chunk_size() -> usize {
         .map_or(8 << 20, |n| n.max(1024))
 }
 
-pub fn client() -> Client {
-    let mut builder = Client::builder();
-    match crate::cache::net::extra_roots() {
-        Ok(certs) => {
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
-        Err(e) => tracing::warn!("{e}; using the built-in roots only"),
-    }
-    builder
-        .connect_timeout(Duration::from_secs(20))
-        .timeout(Duration::from_secs(600))
-        .pool_idle_timeout(Duration::from_secs(30))
-        .user_agent(concat!("nixdelta/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .expect("HTTP client")
-}
-
-fn backoff(attempt: u32) -> Duration {
-    if std::env::var_os("NIXDELTA_TEST_FAST_RETRY").is_some() {
-        return Duration::from_millis(10);
-    }
-    Duration::from_millis(500 * (1u64 << attempt.min(5)))
-}
-
-/// Sends the request `make` builds, retrying network errors, 5xx and 429.
-/// Other statuses come back as `Ok` for the caller to judge. `what` names
-/// the operation in the error, which says how many attempts were made.
-pub fn send(what: &str, make: &dyn Fn() -> RequestBuilder) -> Result<Response, String> {
-    let mut last = String::new();
-    for attempt in 0..ATTEMPTS {
-        if attempt > 0 {
-            std::thread::sleep(backoff(attempt - 1));
-        }
-        match make().send() {
-            Ok(r) if r.status().is_server_error() || r.status().as_u16() == 429 => {
-                let status = r.status();
-                let body = r.text().unwrap_or_default();
-                last = format!("HTTP {status}: {}", snippet(&body));
-                tracing::debug!("{what}: {last} (attempt {})", attempt + 1);
-            }
-            Ok(r) => return Ok(r),
-            Err(e) => {
-                last = describe(&e);
-                tracing::debug!("{what}: {last} (attempt {})", attempt + 1);
-            }
-        }
-    }
-    Err(format!("{what}: gave up after {ATTEMPTS} attempts: {last}"))
-}
-
-/// Fails unless the status is a success; the error quotes the body.
-pub fn check(what: &str, r: Response) -> Result<Response, String> {
-    if r.status().is_success() {
-        return Ok(r);
-    }
-    let status = r.status();
-    let body = r.text().unwrap_or_default();
-    Err(format!("{what}: HTTP {status}: {}", snippet(&body)))
-}
-
+/// At most 300 characters of a response body, for an error message.
 pub fn snippet(body: &str) -> String {
     let b = body.trim();
     if b.len() > 300 {
@@ -98,21 +36,10 @@ pub fn snippet(body: &str) -> String {
     }
 }
 
-fn describe(e: &reqwest::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
-}
-
 // ----------------------------------------------------------------- upload
 
 /// Uploads one chunk: (index from 0, offset, bytes).
-pub type PutChunk = dyn Fn(usize, u64, Vec<u8>) -> Result<(), String> + Send + Sync;
+pub type PutChunk = dyn Fn(usize, u64, Vec<u8>) -> Result<()> + Send + Sync;
 
 /// A `Write` that cuts what it is given into chunks and uploads them with
 /// `parallel` threads. Call [`ChunkedUpload::finish`] at the end.
@@ -123,13 +50,13 @@ pub struct ChunkedUpload {
     offset: u64,
     tx: Option<Sender<(usize, u64, Vec<u8>)>>,
     threads: Vec<std::thread::JoinHandle<()>>,
-    error: Arc<Mutex<Option<String>>>,
+    error: Arc<Mutex<Option<crate::error::Error>>>,
 }
 
 impl ChunkedUpload {
     pub fn new(chunk_size: usize, parallel: usize, put: Arc<PutChunk>) -> ChunkedUpload {
         let (tx, rx) = bounded::<(usize, u64, Vec<u8>)>(parallel.max(1));
-        let error: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+        let error: Arc<Mutex<Option<crate::error::Error>>> = Arc::new(Mutex::new(None));
         let threads = (0..parallel.max(1))
             .map(|_| {
                 let rx = rx.clone();
@@ -159,7 +86,7 @@ impl ChunkedUpload {
     }
 
     fn failed(&self) -> Option<String> {
-        self.error.lock().unwrap().clone()
+        self.error.lock().unwrap().as_ref().map(ToString::to_string)
     }
 
     fn ship(&mut self) -> io::Result<()> {
@@ -175,17 +102,29 @@ impl ChunkedUpload {
     }
 
     /// Uploads the rest and waits: (total bytes, number of chunks).
-    pub fn finish(mut self) -> Result<(u64, usize), String> {
+    pub fn finish(mut self) -> Result<(u64, usize)> {
         if !self.buf.is_empty() || self.next_index == 0 {
-            self.ship().map_err(|e| e.to_string())?;
+            if let Err(e) = self.ship() {
+                self.stop();
+                return Err(self
+                    .error
+                    .lock()
+                    .unwrap()
+                    .take()
+                    .unwrap_or_else(|| crate::error::Error::Other(e.into())));
+            }
         }
+        self.stop();
+        match self.error.lock().unwrap().take() {
+            Some(e) => Err(e),
+            None => Ok((self.offset, self.next_index)),
+        }
+    }
+
+    fn stop(&mut self) {
         self.tx = None;
         for t in self.threads.drain(..) {
             let _ = t.join();
-        }
-        match self.failed() {
-            Some(e) => Err(e),
-            None => Ok((self.offset, self.next_index)),
         }
     }
 }
@@ -209,26 +148,23 @@ impl Write for ChunkedUpload {
 
 impl Drop for ChunkedUpload {
     fn drop(&mut self) {
-        self.tx = None;
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
+        self.stop();
     }
 }
 
 // --------------------------------------------------------------- download
 
 /// Fetches bytes `start..=end` of the object.
-pub type GetRange = dyn Fn(u64, u64) -> Result<Vec<u8>, String> + Send + Sync;
+pub type GetRange = dyn Fn(u64, u64) -> std::result::Result<Vec<u8>, String> + Send + Sync;
 
 /// A range to fetch and where its bytes go.
-type RangeJob = (u64, u64, Sender<Result<Vec<u8>, String>>);
+type RangeJob = (u64, u64, Sender<std::result::Result<Vec<u8>, String>>);
 
 /// Reads an object of `total` bytes in chunks fetched by `parallel`
 /// threads, delivered in order; at most `2 × parallel` chunks in memory.
 pub struct RangedReader {
     jobs: Option<Sender<RangeJob>>,
-    pending: VecDeque<Receiver<Result<Vec<u8>, String>>>,
+    pending: VecDeque<Receiver<std::result::Result<Vec<u8>, String>>>,
     next_start: u64,
     total: u64,
     chunk: u64,
@@ -319,61 +255,77 @@ impl Drop for RangedReader {
     }
 }
 
-/// Downloads `url` with parallel ranges when the server honours `Range`
+/// The answer to the first ranged GET.
+enum First {
+    /// 200: the server ignores `Range`; this is the whole object.
+    Whole(reqwest::blocking::Response),
+    /// 206: chunk 0 and the object's size (`None` without one).
+    Part(Vec<u8>, Option<u64>),
+    /// 416: an empty object.
+    Empty,
+}
+
+/// Downloads with parallel ranges when the server honours `Range`
 /// (learning the size from the first chunk's `Content-Range`), else as one
-/// stream. `decorate` adds headers (auth) to every request.
+/// stream. `request` makes the GET (URL, auth) anew for every attempt;
+/// every request goes through `net`'s retries.
 pub fn download(
-    client: &Client,
-    url: &str,
+    net: Arc<Net>,
     what: &str,
     chunk: u64,
     parallel: usize,
-    decorate: Arc<dyn Fn(RequestBuilder) -> RequestBuilder + Send + Sync>,
-) -> Result<Box<dyn Read + Send>, String> {
-    let first = send(what, &|| {
-        decorate(client.get(url)).header("Range", format!("bytes=0-{}", chunk - 1))
-    })?;
-    let status = first.status().as_u16();
-    if status == 200 {
-        return Ok(Box::new(first));
-    }
-    if status == 416 {
-        // Empty object.
-        return Ok(Box::new(io::empty()));
-    }
-    let first = check(what, first)?;
-    let total = first
-        .headers()
-        .get("content-range")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.rsplit('/').next())
-        .and_then(|t| t.parse::<u64>().ok());
-    let Some(total) = total else {
-        return Ok(Box::new(first));
+    request: Arc<dyn Fn(&Client) -> RequestBuilder + Send + Sync>,
+) -> Result<Box<dyn Read + Send>> {
+    let first = net.call_with_timeout(
+        "GET",
+        what,
+        STREAM_TIMEOUT,
+        |c| request(c).header("Range", format!("bytes=0-{}", chunk - 1)),
+        |resp| match resp.status().as_u16() {
+            200 => Ok(First::Whole(resp)),
+            416 => Ok(First::Empty),
+            206 => {
+                let total = resp
+                    .headers()
+                    .get("content-range")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.rsplit('/').next())
+                    .and_then(|t| t.parse::<u64>().ok());
+                let data = resp.bytes().map_err(transport)?.to_vec();
+                Ok(First::Part(data, total))
+            }
+            _ => Err(status_error(resp)),
+        },
+    )?;
+    let (data, total) = match first {
+        First::Whole(resp) => return Ok(Box::new(resp)),
+        First::Empty => return Ok(Box::new(io::empty())),
+        First::Part(data, None) => return Ok(Box::new(io::Cursor::new(data))),
+        First::Part(data, Some(total)) => (data, total),
     };
-    let mut data = Vec::new();
-    let mut first = first;
-    first
-        .read_to_end(&mut data)
-        .map_err(|e| format!("{what}: {e}"))?;
-    let client = client.clone();
-    let url = url.to_string();
     let what_s = what.to_string();
     let get: Arc<GetRange> = Arc::new(move |start, end| {
-        let r = send(&what_s, &|| {
-            decorate(client.get(&url)).header("Range", format!("bytes={start}-{end}"))
-        })?;
-        let mut r = check(&what_s, r)?;
-        let mut v = Vec::with_capacity((end - start + 1) as usize);
-        r.read_to_end(&mut v)
-            .map_err(|e| format!("{what_s}: {e}"))?;
-        if v.len() as u64 != end - start + 1 {
-            return Err(format!(
-                "{what_s}: range {start}-{end} returned {} bytes",
-                v.len()
-            ));
-        }
-        Ok(v)
+        let want = end - start + 1;
+        net.call(
+            "GET",
+            &what_s,
+            want,
+            |c| request(c).header("Range", format!("bytes={start}-{end}")),
+            |resp| {
+                if !resp.status().is_success() {
+                    return Err(status_error(resp));
+                }
+                let v = resp.bytes().map_err(transport)?;
+                if v.len() as u64 != want {
+                    return Err(Attempt::Permanent(format!(
+                        "range {start}-{end} returned {} bytes",
+                        v.len()
+                    )));
+                }
+                Ok(v.to_vec())
+            },
+        )
+        .map_err(|e| e.to_string())
     });
     Ok(Box::new(RangedReader::new(
         total,
@@ -387,6 +339,7 @@ pub fn download(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn chunked_upload_reassembles() {
@@ -416,10 +369,16 @@ mod tests {
         let mut up = ChunkedUpload::new(
             4,
             2,
-            Arc::new(|i, _, _| if i == 2 { Err("nope".into()) } else { Ok(()) }),
+            Arc::new(|i, _, _| {
+                if i == 2 {
+                    Err(crate::error::Error::cache("u", "nope"))
+                } else {
+                    Ok(())
+                }
+            }),
         );
         let _ = up.write_all(&[0u8; 64]);
-        assert_eq!(up.finish().unwrap_err(), "nope");
+        assert_eq!(up.finish().unwrap_err().to_string(), "binary cache u: nope");
     }
 
     #[test]

@@ -248,10 +248,20 @@ impl Retrier {
         method: &str,
         what: &str,
         body_len: u64,
+        attempt: impl FnMut(Duration) -> Result<T, Attempt>,
+    ) -> Result<T, String> {
+        self.run_with_timeout(method, what, self.attempt_timeout(body_len), attempt)
+    }
+
+    /// [`Retrier::run`] with each attempt given `timeout`.
+    pub fn run_with_timeout<T>(
+        &self,
+        method: &str,
+        what: &str,
+        timeout: Duration,
         mut attempt: impl FnMut(Duration) -> Result<T, Attempt>,
     ) -> Result<T, String> {
         let start = Instant::now();
-        let timeout = self.attempt_timeout(body_len);
         let down = self.exhausted_in_a_row.load(Ordering::Relaxed) >= DOWN_AFTER;
         let mut tries: u32 = 0;
         loop {
