@@ -14,6 +14,7 @@
 pub mod archive;
 pub mod cache;
 pub mod error;
+pub mod job;
 pub mod net;
 pub mod nix;
 pub mod pipeline;

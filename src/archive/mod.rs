@@ -8,7 +8,6 @@
 //!   → streamed into the store by [`import`], verified before registration.
 
 pub mod dir;
-pub mod format;
 pub mod github;
 pub mod s3;
 
@@ -22,8 +21,8 @@ use crate::error::{Error, Result};
 use crate::nix::{nar, Sha256Hash, StorePath};
 use crate::store::{PathInfo, Store};
 
+pub use crate::nix::archive::{self as format, FORMAT_VERSION};
 pub use crate::store::import::{self, ImportMethod, ImportOptions, ImportStats};
-pub use format::FORMAT_VERSION;
 
 /// An archive found by [`Backend::lookup`].
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -92,6 +92,9 @@ impl Frontend for Buildkite {
     fn name(&self) -> &'static str {
         "buildkite"
     }
+    fn kind(&self) -> super::Kind {
+        super::Kind::Buildkite
+    }
 
     fn inputs(&self, env: &dyn Fn(&str) -> Option<String>, step: Step) -> Result<Inputs> {
         let src = PluginEnv(env);

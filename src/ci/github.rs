@@ -13,6 +13,10 @@ use nixdelta::error::Result;
 
 use super::{escape_data, Frontend, Inputs, Source, Step};
 
+/// The environment variable of the action's `secret-key` input (the
+/// runner upper-cases input names and keeps the dash).
+pub const SECRET_KEY_INPUT: &str = "INPUT_SECRET-KEY";
+
 pub struct GitHub;
 
 /// State name under which `start` leaves the state directory.
@@ -61,6 +65,9 @@ pub fn fork_pr(env: &dyn Fn(&str) -> Option<String>) -> bool {
 impl Frontend for GitHub {
     fn name(&self) -> &'static str {
         "github"
+    }
+    fn kind(&self) -> super::Kind {
+        super::Kind::Github
     }
 
     fn inputs(&self, env: &dyn Fn(&str) -> Option<String>, step: Step) -> Result<Inputs> {

@@ -51,6 +51,9 @@ impl Frontend for GitLab {
     fn name(&self) -> &'static str {
         "gitlab"
     }
+    fn kind(&self) -> super::Kind {
+        super::Kind::Gitlab
+    }
 
     fn inputs(&self, env: &dyn Fn(&str) -> Option<String>, step: Step) -> Result<Inputs> {
         let mut i = Inputs::read(&InputEnv(env))?;

@@ -281,6 +281,8 @@ impl Inputs {
 /// The defaults are the plain command line's.
 pub trait Frontend: Send + Sync {
     fn name(&self) -> &'static str;
+    /// Which CI this is ([`Kind::None`]: the plain command line).
+    fn kind(&self) -> Kind;
     /// The options, read from the CI's environment.
     fn inputs(&self, env: &dyn Fn(&str) -> Option<String>, step: Step) -> Result<Inputs>;
     /// Hides `secret` from the rest of the job's log.
@@ -321,6 +323,9 @@ pub struct Plain;
 impl Frontend for Plain {
     fn name(&self) -> &'static str {
         "none"
+    }
+    fn kind(&self) -> Kind {
+        Kind::None
     }
     fn inputs(&self, _env: &dyn Fn(&str) -> Option<String>, _step: Step) -> Result<Inputs> {
         Ok(Inputs::default())
@@ -388,20 +393,6 @@ fn mask_key(fe: &dyn Frontend, key: &str) {
         if !b64.is_empty() {
             fe.mask(b64);
         }
-    }
-}
-
-/// A folded section of the log, closed on drop.
-pub struct Group(());
-
-pub fn group(title: &str) -> Group {
-    frontend().group_start(title);
-    Group(())
-}
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        frontend().group_end();
     }
 }
 

@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 
 use nixdelta::archive::{self, ImportMethod, ImportOptions, SaveOptions};
 use nixdelta::error::{exit, Error, Result};
+use nixdelta::job::key::{self, CacheKey};
 use nixdelta::nix::StorePath;
-use nixdelta::pipeline::key::{self, CacheKey};
 use nixdelta::pipeline::summary::mb;
 use nixdelta::size::Size;
 use nixdelta::store::Store;

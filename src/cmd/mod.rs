@@ -4,6 +4,6 @@ pub mod archive;
 pub mod common;
 pub mod keygen;
 pub mod push;
+pub mod report;
 pub mod track;
 pub mod verify;
-pub mod warm;

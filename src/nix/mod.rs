@@ -4,16 +4,19 @@
 //! Everything here is tested against fixtures produced by real `nix`
 //! (see `tests/fixtures/make-fixtures.sh`).
 
+pub mod archive;
 pub mod hash;
 pub mod nar;
 pub mod nar_unpack;
 pub mod narinfo;
 pub mod nix32;
+pub mod path_info;
 pub mod signing;
 pub mod store_path;
 
 pub use hash::Sha256Hash;
 pub use narinfo::NarInfo;
+pub use path_info::PathInfo;
 pub use signing::{PublicKey, SecretKey};
 pub use store_path::StorePath;
 

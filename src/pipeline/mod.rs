@@ -1,7 +1,7 @@
 //! The steps of a job, one module each, in data-flow order.
 
 pub mod diff;
-pub mod key;
+pub mod filter;
 pub mod pack;
 pub mod plan;
 pub mod push;

@@ -4,9 +4,9 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use regex::Regex;
 use serde::Serialize;
 
+use super::filter::Filters;
 use crate::cache::BinaryCache;
 use crate::error::Result;
 use crate::nix::StorePath;
@@ -49,12 +49,25 @@ impl Skip {
 
 #[derive(Default)]
 pub struct PlanOptions {
-    pub include_drv: bool,
-    pub excludes: Vec<Regex>,
-    /// Store paths holding the repository's own source.
-    pub self_sources: HashSet<StorePath>,
+    pub filters: Filters,
     /// Key names whose signature means "upstream has it" (`cache.nixos.org-1`).
     pub upstream_keys: Vec<String>,
+}
+
+/// What the plan needs of a store: its directory, and the info of a path
+/// it pulls in. [`Store`] in a job; a map in the unit tests.
+pub trait PathInfos {
+    fn store_dir(&self) -> &str;
+    fn path_info(&self, path: &StorePath) -> Result<Option<PathInfo>>;
+}
+
+impl PathInfos for Store {
+    fn store_dir(&self) -> &str {
+        Store::store_dir(self)
+    }
+    fn path_info(&self, path: &StorePath) -> Result<Option<PathInfo>> {
+        Store::path_info(self, path)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -83,13 +96,8 @@ impl PushPlan {
 
 /// The first filter that drops `info`, before asking any cache.
 fn local_filter(info: &PathInfo, opts: &PlanOptions, store_dir: &str) -> Option<Skip> {
-    let abs = info.path.to_absolute(store_dir);
-    if info.path.is_derivation() && !opts.include_drv {
-        Some(Skip::Derivation)
-    } else if opts.excludes.iter().any(|re| re.is_match(&abs)) {
-        Some(Skip::Excluded)
-    } else if opts.self_sources.contains(&info.path) {
-        Some(Skip::SelfSource)
+    if let Some(why) = opts.filters.skip(&info.path, store_dir) {
+        Some(why)
     } else if info
         .sigs
         .iter()
@@ -109,7 +117,7 @@ fn sig_by(sig: &str, key_name: &str) -> bool {
 /// Builds the plan: filters, then asks the target (and optionally an
 /// upstream) which narinfos exist, then pulls in missing references.
 pub fn plan(
-    store: &Store,
+    store: &dyn PathInfos,
     candidates: Vec<PathInfo>,
     opts: &PlanOptions,
     target: &dyn BinaryCache,
@@ -137,8 +145,9 @@ pub fn plan(
     if let Some(up) = upstream {
         kept = remove_present(&mut plan, kept, up, Skip::Upstream)?;
     }
-    let kept = hold_back_self_source_users(&mut plan, kept, &opts.self_sources);
-    dropped.retain(|p, _| !opts.self_sources.contains(p));
+    let self_sources = &opts.filters.self_sources;
+    let kept = hold_back_self_source_users(&mut plan, kept, self_sources);
+    dropped.retain(|p, _| !self_sources.contains(p));
     pull_in_references(&mut plan, kept, dropped, store, target, upstream)?;
     Ok(plan)
 }
@@ -200,7 +209,7 @@ fn pull_in_references(
     plan: &mut PushPlan,
     kept: Vec<PathInfo>,
     mut dropped: HashMap<StorePath, PathInfo>,
-    store: &Store,
+    store: &dyn PathInfos,
     target: &dyn BinaryCache,
     upstream: Option<&dyn BinaryCache>,
 ) -> Result<()> {

@@ -3,6 +3,7 @@
 use crate::cache::BinaryCache;
 use crate::error::{Error, Result};
 use crate::nix::{SecretKey, StorePath};
+use crate::pipeline::filter::Filters;
 use crate::pipeline::plan::{plan, PlanOptions, PushPlan};
 use crate::pipeline::upload::{upload, Item, UploadOptions, UploadReport};
 use crate::store::{PathInfo, Store};
@@ -41,7 +42,10 @@ pub fn push_closure(
 ) -> Result<(PushPlan, UploadReport)> {
     let candidates = closure_of(store, roots)?;
     let plan_opts = PlanOptions {
-        include_drv: true,
+        filters: Filters {
+            include_drv: true,
+            ..Filters::default()
+        },
         ..Default::default()
     };
     let plan = plan(store, candidates, &plan_opts, cache, None)?;

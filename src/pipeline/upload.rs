@@ -20,9 +20,32 @@ const MAX_CONSECUTIVE_CACHE_ERRORS: usize = 8;
 /// Narinfos written at once when several are ready together.
 const PARALLEL_NARINFOS: usize = 16;
 
+#[derive(Clone, Debug)]
 pub struct UploadOptions {
     pub jobs: usize,
     pub pack: PackOptions,
+}
+
+impl UploadOptions {
+    /// `jobs` paths compressed at once (default: one per core), at zstd
+    /// `level`; a large path uses every core.
+    pub fn new(jobs: Option<usize>, level: i32) -> UploadOptions {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        UploadOptions {
+            jobs: jobs.unwrap_or(cores).max(1),
+            pack: PackOptions {
+                level,
+                threads: cores as u32,
+            },
+        }
+    }
+}
+
+impl Default for UploadOptions {
+    /// Nix's zstd level (3), one path per core.
+    fn default() -> Self {
+        UploadOptions::new(None, 3)
+    }
 }
 
 /// What an upload did, for the summary.

@@ -31,8 +31,8 @@ use crossbeam_channel::{bounded, Receiver};
 use sha2::{Digest as _, Sha256};
 
 use super::Store;
-use crate::archive::format::{self, input_err, read_err, ParsedEntry};
 use crate::error::{Error, Result};
+use crate::nix::archive::{self as format, input_err, read_err, ParsedEntry};
 use crate::nix::nar_unpack::{self, UnpackOptions};
 use crate::nix::{Sha256Hash, StorePath};
 

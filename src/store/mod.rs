@@ -14,22 +14,9 @@ pub mod substitute;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::nix::{Sha256Hash, StorePath, DEFAULT_STORE_DIR};
+use crate::nix::{StorePath, DEFAULT_STORE_DIR};
 
-/// What the store knows about one valid path.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PathInfo {
-    pub path: StorePath,
-    /// `ValidPaths.id`; 0 when read through the CLI.
-    pub id: i64,
-    pub nar_hash: Sha256Hash,
-    pub nar_size: u64,
-    /// Sorted; may include the path itself.
-    pub references: Vec<StorePath>,
-    pub deriver: Option<StorePath>,
-    pub sigs: Vec<String>,
-    pub ca: Option<String>,
-}
+pub use crate::nix::PathInfo;
 
 /// Where the store stands at a moment: the highest `ValidPaths.id` and the
 /// number of valid paths (ids are AUTOINCREMENT, never reused).

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
-use crate::archive::FORMAT_VERSION;
 use crate::error::{Error, Result};
+use crate::nix::archive::FORMAT_VERSION;
 
 /// The default key file.
 pub const DEFAULT_KEY_FILE: &str = "flake.lock";

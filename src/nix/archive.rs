@@ -22,9 +22,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::{PathInfo, Sha256Hash, StorePath};
 use crate::error::{Error, Result};
-use crate::nix::{Sha256Hash, StorePath};
-use crate::store::PathInfo;
 
 pub const MAGIC: &[u8; 16] = b"nixdelta-archive";
 pub const END_MAGIC: &[u8; 20] = b"nixdelta-archive-end";

@@ -1,0 +1,237 @@
+//! How a job looks: the CI front end as the job's [`Observer`], the push
+//! plan as lines or JSON, and the Markdown summary tables (failures first).
+
+use std::cell::RefCell;
+use std::io::Write;
+
+use nixdelta::archive::{RestoreReport, SaveOutcome, SaveReport};
+use nixdelta::error::Error;
+use nixdelta::job::{ArchiveFacts, Finished, Observer, Restored, Step};
+use nixdelta::net::redact::redact_url;
+use nixdelta::pipeline::plan::{PushPlan, Skip};
+use nixdelta::pipeline::summary::{self, mb};
+use nixdelta::pipeline::upload::UploadReport;
+
+use crate::ci::{secs, Frontend, Table};
+use nixdelta::job::push::Pushed;
+
+/// The front end in use, watching a job; the plan goes to `out`.
+pub struct Report<'a> {
+    pub fe: &'static dyn Frontend,
+    pub out: RefCell<&'a mut dyn Write>,
+    pub json: bool,
+}
+
+impl Observer for Report<'_> {
+    fn begin_group(&self, title: &str) {
+        self.fe.group_start(title);
+    }
+    fn end_group(&self) {
+        self.fe.group_end();
+    }
+    fn warning(&self, msg: &str) {
+        self.fe.warning(msg);
+    }
+    fn output(&self, name: &str, value: &str) {
+        self.fe.set_output(name, value);
+    }
+    fn plan(&self, plan: &PushPlan, report: Option<&UploadReport>, store_dir: &str) {
+        print_plan(*self.out.borrow_mut(), plan, report, store_dir, self.json);
+    }
+    fn plan_note(&self, line: &str) {
+        writeln!(self.out.borrow_mut(), "nixdelta: {line}").ok();
+    }
+}
+
+fn print_plan(
+    out: &mut dyn Write,
+    plan: &PushPlan,
+    report: Option<&UploadReport>,
+    store_dir: &str,
+    json: bool,
+) {
+    if json {
+        let v = summary::plan_json(plan, report, store_dir);
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&v).unwrap_or_default()
+        )
+        .ok();
+        return;
+    }
+    for line in summary::plan_lines(plan) {
+        writeln!(out, "nixdelta: {line}").ok();
+    }
+    if let Some(r) = report {
+        writeln!(out, "nixdelta: pushed: {}", summary::push_line(plan, r)).ok();
+    }
+}
+
+pub fn restore_table(facts: &ArchiveFacts, r: Option<&RestoreReport>) -> Table {
+    let mut t = Table::new("nixdelta: store archive restore", ("", ""));
+    t.row("backend", format!("`{}`", facts.backend));
+    if let Some(k) = &facts.key {
+        t.row("cache key", format!("`{k}`"));
+    }
+    let result = match (facts.outcome, &facts.matched_key) {
+        (Restored::Hit, _) => "hit".to_string(),
+        (Restored::Partial, Some(m)) => format!("partial (matched `{m}`)"),
+        (Restored::Miss, _) => "miss".to_string(),
+        (Restored::Partial, None) => "partial: not restored".to_string(),
+        (Restored::Error, _) => "error: not restored".to_string(),
+    };
+    t.row("result", result);
+    if let Some(r) = r {
+        if r.matched_key.is_some() {
+            t.row(
+                "paths",
+                format!(
+                    "{} restored, {} already valid, {} in the archive",
+                    r.import.added, r.import.present, r.import.in_archive
+                ),
+            );
+            t.row(
+                "bytes",
+                format!(
+                    "{} of NAR from {} of archive",
+                    mb(r.import.nar_bytes_added),
+                    mb(r.archive_bytes)
+                ),
+            );
+        }
+        t.row("time", secs(r.seconds));
+    }
+    t
+}
+
+fn push_table(p: &Pushed) -> Table {
+    let title = match &p.target {
+        Some(t) => format!("nixdelta: push to `{}`", redact_url(t)),
+        None => "nixdelta: push".to_string(),
+    };
+    let mut t = Table::new(&title, ("", "paths"));
+    let Some(plan) = &p.plan else {
+        t.row("new paths", p.new_paths.to_string());
+        t.row("pushed", "nothing: no binary cache given");
+        return t;
+    };
+    t.row("new paths considered", plan.considered.to_string());
+    for (why, paths) in &plan.skipped {
+        t.row(
+            format!("skipped: {}", why.describe()),
+            paths.len().to_string(),
+        );
+    }
+    if !plan.pulled_in.is_empty() {
+        t.row(
+            "pulled in (referenced by an upload)",
+            plan.pulled_in.len().to_string(),
+        );
+    }
+    let Some(r) = &p.report else {
+        t.row(
+            if p.dry_run {
+                "to upload (dry run)"
+            } else {
+                "to upload"
+            },
+            format!(
+                "{} ({} of NAR)",
+                plan.upload.len(),
+                mb(plan.upload_nar_bytes())
+            ),
+        );
+        return t;
+    };
+    t.row("uploaded", r.uploaded.len().to_string());
+    if !r.failed.is_empty() || !r.blocked.is_empty() {
+        t.row("failed", r.failed.len().to_string());
+        t.row("held back", r.blocked.len().to_string());
+    }
+    t.row(
+        "bytes",
+        format!("{} of NAR, {} zstd", mb(r.nar_bytes), mb(r.file_bytes)),
+    );
+    let rate = if r.seconds > 0.0 {
+        r.nar_bytes as f64 / 1e6 / r.seconds
+    } else {
+        0.0
+    };
+    t.row("time", secs(r.seconds));
+    t.row("throughput", format!("{rate:.1} MB/s"));
+    if plan.skipped_count(Skip::OnTarget) > 0 {
+        t.row(
+            "already on the target",
+            plan.skipped_count(Skip::OnTarget).to_string(),
+        );
+    }
+    t
+}
+
+fn save_table(facts: &ArchiveFacts, r: &SaveReport) -> Table {
+    let mut t = Table::new("nixdelta: store archive save", ("", ""));
+    t.row("cache key", format!("`{}`", r.key));
+    if facts.outcome == Restored::Hit && r.paths == 0 {
+        t.row("result", "not saved: exact key hit");
+        return t;
+    }
+    let result = match r.outcome {
+        SaveOutcome::Saved { .. } => "saved",
+        SaveOutcome::Exists if r.paths == 0 => "not saved: nothing new",
+        SaveOutcome::Exists => "not saved: the key exists",
+        SaveOutcome::ReadOnly => "not saved: read-only",
+    };
+    t.row("result", result);
+    if r.paths > 0 {
+        t.row("paths", format!("{} ({} of NAR)", r.paths, mb(r.nar_bytes)));
+    }
+    if r.dropped > 0 {
+        t.row(
+            "left out by the size cap",
+            format!("{} ({} of NAR)", r.dropped, mb(r.dropped_nar_bytes)),
+        );
+    }
+    if r.archive_bytes > 0 {
+        t.row("archive", mb(r.archive_bytes));
+        t.row("time", secs(r.seconds));
+    }
+    t
+}
+
+/// An error on one Markdown line (no emphasis markers of its own).
+fn md_line(e: &Error) -> String {
+    e.to_string().replace(['\n', '\r'], " ").replace('*', "\\*")
+}
+
+/// The summary of `finish`: failures head it (a job that passes must
+/// still show them), then the push and save tables. Unless `strict`, each
+/// failure is also a warning annotation.
+pub fn finish_summary(fe: &dyn Frontend, done: &Finished, strict: bool) -> String {
+    let mut headline = String::new();
+    let push_fault = done.faults.iter().find(|(s, _)| *s == Step::Push);
+    if let Some((_, e)) = push_fault {
+        headline.push_str(&format!("**push incomplete: {}**\n\n", md_line(e)));
+        if !strict {
+            fe.warning(&format!(
+                "push incomplete (not failing the job; use --strict to): {e}"
+            ));
+        }
+    }
+    for (_, e) in done.faults.iter().filter(|(s, _)| *s == Step::Save) {
+        headline.push_str(&format!("**archive NOT saved: {}**\n\n", md_line(e)));
+        if !strict {
+            fe.warning(&format!(
+                "archive NOT saved (not failing the job; use --strict to): {e}"
+            ));
+        }
+    }
+    let mut md = String::new();
+    if let Some(p) = &done.pushed {
+        md.push_str(&push_table(p).markdown());
+    }
+    if let Some((facts, r)) = &done.saved {
+        md.push_str(&save_table(facts, r).markdown());
+    }
+    format!("{headline}{md}")
+}

@@ -1,0 +1,188 @@
+//! A job's configuration, typed and validated, with no command-line parser
+//! in it: the CLI and the CI front ends build one, the job steps read it.
+
+use std::path::{Path, PathBuf};
+
+use regex::Regex;
+
+use super::key::{self, CacheKey};
+use crate::error::{Error, Result};
+use crate::pipeline::filter::{compile_excludes, Filters};
+use crate::pipeline::self_source;
+use crate::pipeline::upload::UploadOptions;
+use crate::size::Size;
+use crate::store::{PathInfo, Store};
+
+/// Everything `start`, `finish` and `run` act on.
+#[derive(Clone, Debug, Default)]
+pub struct JobConfig {
+    /// A chroot store (`--store DIR`), or the system store.
+    pub store_root: Option<PathBuf>,
+    pub key: KeySpec,
+    pub archive: ArchiveConfig,
+    pub warm: WarmConfig,
+    pub filters: FilterConfig,
+    pub push: PushConfig,
+    /// Cache faults fail the job instead of warning.
+    pub strict: bool,
+}
+
+/// How the cache key is computed.
+#[derive(Clone, Debug)]
+pub struct KeySpec {
+    /// The directory the key files are relative to.
+    pub dir: PathBuf,
+    /// Globs; empty: `flake.lock` (or `flake.nix` without one).
+    pub files: Vec<String>,
+    /// Prefixes tried, in order, when the exact key misses.
+    pub restore_prefixes: Vec<String>,
+}
+
+impl Default for KeySpec {
+    fn default() -> Self {
+        KeySpec {
+            dir: PathBuf::from("."),
+            files: Vec::new(),
+            restore_prefixes: Vec::new(),
+        }
+    }
+}
+
+impl KeySpec {
+    pub fn compute(&self) -> Result<CacheKey> {
+        let dir = if self.dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            &self.dir
+        };
+        key::compute(
+            dir,
+            &self.files,
+            &key::current_system(),
+            &self.restore_prefixes,
+        )
+    }
+}
+
+/// The store archive `start` restores and `finish` saves.
+#[derive(Clone, Debug)]
+pub struct ArchiveConfig {
+    /// The backend spec (`dir:PATH`, `github`, `s3://…`); `None`: no
+    /// archive (`finish` still saves to the one `start` restored from).
+    pub backend: Option<String>,
+    /// Restore only, never save.
+    pub read_only: bool,
+    /// Cap on the saved archive's NAR bytes.
+    pub max_size: Option<Size>,
+    /// On an exact hit, save a grown archive when the job realised more.
+    pub resave_threshold: Size,
+}
+
+/// `--resave-threshold`'s default.
+pub const RESAVE_THRESHOLD: Size = Size(64 << 20);
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        ArchiveConfig {
+            backend: None,
+            read_only: false,
+            max_size: None,
+            resave_threshold: RESAVE_THRESHOLD,
+        }
+    }
+}
+
+/// The archive backend a spec names; `None` for an empty spec or `none`.
+pub fn archive_spec(spec: Option<&str>) -> Option<String> {
+    spec.map(str::trim)
+        .filter(|s| !s.is_empty() && *s != "none")
+        .map(str::to_string)
+}
+
+/// Warm start from the binary cache (the signed manifest of an earlier job).
+#[derive(Clone, Debug, Default)]
+pub struct WarmConfig {
+    /// Substitute the manifest's paths from this cache before the snapshot.
+    pub restore_from: Option<String>,
+    /// Keys (`name:base64` or files) that must have signed it.
+    pub trusted_public_keys: Vec<String>,
+    /// Write the manifest on finish.
+    pub write_manifest: bool,
+}
+
+/// The path filters, as configured (the self-source scan needs the store).
+#[derive(Clone, Debug, Default)]
+pub struct FilterConfig {
+    pub include_drv: bool,
+    pub excludes: Vec<Regex>,
+    pub include_self_source: bool,
+    /// The repository whose source is not pushed (default: the working
+    /// directory).
+    pub source_dir: Option<PathBuf>,
+}
+
+impl FilterConfig {
+    /// Compiles `--exclude` patterns (a usage error names a bad one).
+    pub fn new(
+        include_drv: bool,
+        excludes: &[String],
+        include_self_source: bool,
+        source_dir: Option<PathBuf>,
+    ) -> Result<FilterConfig> {
+        Ok(FilterConfig {
+            include_drv,
+            excludes: compile_excludes(excludes)?,
+            include_self_source,
+            source_dir,
+        })
+    }
+
+    /// The filters for the paths `candidates` of this job: the
+    /// self-source scan runs here, once.
+    pub fn filters(&self, store: &Store, candidates: &[PathInfo]) -> Result<Filters> {
+        let self_sources = if self.include_self_source {
+            Default::default()
+        } else {
+            let dir = match &self.source_dir {
+                Some(d) => d.clone(),
+                None => std::env::current_dir().map_err(|e| Error::Other(e.into()))?,
+            };
+            self_source::find(store, candidates, &dir)
+        };
+        Ok(Filters {
+            include_drv: self.include_drv,
+            excludes: self.excludes.clone(),
+            self_sources,
+        })
+    }
+}
+
+/// Where and how `finish` pushes.
+#[derive(Clone, Debug, Default)]
+pub struct PushConfig {
+    /// The binary cache; `None`: nothing is pushed.
+    pub to: Option<String>,
+    /// The signing key's file; `None`: `$NIXDELTA_SECRET_KEY`.
+    pub secret_key_file: Option<PathBuf>,
+    pub upload: UploadOptions,
+    /// Paths signed by these keys are upstream.
+    pub upstream_keys: Vec<String>,
+    /// A cache never duplicated.
+    pub upstream: Option<String>,
+    /// Plan only.
+    pub dry_run: bool,
+}
+
+impl PushConfig {
+    /// What a push would refuse, checked before a user command runs: the
+    /// URL and the signing key.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(to) = &self.to {
+            crate::cache::open(to)?;
+            if !self.dry_run {
+                super::keys::load_secret_key(self.secret_key_file.as_deref())?;
+            }
+        }
+        Ok(())
+    }
+}

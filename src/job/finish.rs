@@ -1,0 +1,206 @@
+//! The end of a job: push what it realised, write the warm-start manifest,
+//! save the archive. The store is opened, the diff taken, the filters
+//! (with the repository-source scan) and the cache key computed once, and
+//! shared by the steps. Cache faults are collected, not raised, unless the
+//! job is strict; usage errors always fail.
+
+use std::path::Path;
+
+use crate::archive::SaveReport;
+use crate::error::{Error, Result};
+use crate::pipeline::diff;
+use crate::pipeline::filter::Filters;
+use crate::pipeline::snapshot::State;
+use crate::store::{PathInfo, Store};
+
+use super::config::JobConfig;
+use super::observer::{grouped, Observer};
+use super::push::{push, Pushed};
+use super::save::{save, SaveInput};
+use super::state::{ArchiveFacts, Restored};
+use super::warm;
+
+/// Which step a fault came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    Push,
+    Save,
+}
+
+/// What `finish` did, for the summary.
+pub struct Finished {
+    /// The push (`None` when it failed before planning).
+    pub pushed: Option<Pushed>,
+    /// The archive save, when there is an archive.
+    pub saved: Option<(ArchiveFacts, SaveReport)>,
+    /// Cache faults in the order they happened.
+    pub faults: Vec<(Step, Error)>,
+}
+
+/// The job's store, its diff and its filters, computed once.
+struct Prepared {
+    store: Store,
+    /// Paths realised since the snapshot.
+    new: Vec<PathInfo>,
+    /// Those plus the paths the archive restore added.
+    candidates: Vec<PathInfo>,
+    /// The filters of the candidates (repository source scanned once).
+    filters: Filters,
+}
+
+fn prepare(cfg: &JobConfig, st: &State, facts: Option<&ArchiveFacts>) -> Result<Prepared> {
+    let store = Store::open(cfg.store_root.as_deref())?;
+    let t = std::time::Instant::now();
+    let new = diff::diff(&store, st)?;
+    tracing::info!(
+        "store diff: {} new paths in {:.1} ms",
+        new.len(),
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    let candidates = match facts.and_then(|f| f.base.as_deref()) {
+        Some(base) => diff::diff(&store, base)?,
+        None => new.clone(),
+    };
+    let filters = cfg.filters.filters(&store, &candidates)?;
+    Ok(Prepared {
+        store,
+        new,
+        candidates,
+        filters,
+    })
+}
+
+/// The facts of the archive to save: `start`'s, or (when `start` had no
+/// archive and `finish` has one) a miss. `None`: no archive.
+fn archive_facts(cfg: &JobConfig, st: &State) -> Option<ArchiveFacts> {
+    let mut facts = match ArchiveFacts::of(st) {
+        Some(f) => f,
+        None => ArchiveFacts {
+            backend: cfg.archive.backend.clone()?,
+            outcome: Restored::Miss,
+            ..Default::default()
+        },
+    };
+    if let Some(b) = &cfg.archive.backend {
+        facts.backend = b.clone();
+    }
+    facts.read_only |= cfg.archive.read_only;
+    Some(facts)
+}
+
+/// Push, warm manifest, then archive save.
+pub fn finish(cfg: &JobConfig, st: &State, obs: &dyn Observer) -> Result<Finished> {
+    same_store(st, cfg.store_root.as_deref())?;
+    let facts = archive_facts(cfg, st);
+    let mut done = Finished {
+        pushed: None,
+        saved: None,
+        faults: Vec::new(),
+    };
+    let prepared = prepare(cfg, st, facts.as_ref());
+    let key = cfg.key.compute();
+    let pushed = grouped(obs, "nixdelta: push to the binary cache", || {
+        let p = prepared.as_ref().map_err(again)?;
+        // The push sees only this job's paths' sources, not restored ones.
+        let mut filters = p.filters.clone();
+        filters
+            .self_sources
+            .retain(|s| p.new.iter().any(|i| i.path == *s));
+        let (pushed, target) = push(cfg, &p.store, p.new.clone(), &filters, obs)?;
+        let mut warm_error = None;
+        if let (None, Some(t), Some(plan), Some(report), Ok(k)) =
+            (&pushed.error, &target, &pushed.plan, &pushed.report, &key)
+        {
+            if cfg.warm.write_manifest {
+                let r = warm::write(&p.store, k, t.cache.as_ref(), &t.key, plan, report, obs);
+                warm_error = r.err();
+            }
+        }
+        Ok::<_, Error>((pushed, warm_error))
+    });
+    match pushed {
+        Ok((mut p, warm_error)) => {
+            let (paths, bytes) = p
+                .report
+                .as_ref()
+                .map_or((0, 0), |r| (r.uploaded.len(), r.file_bytes));
+            obs.output("pushed-paths", &paths.to_string());
+            obs.output("pushed-bytes", &bytes.to_string());
+            if let Some(e) = p.error.take().or(warm_error) {
+                done.faults.push((Step::Push, e));
+            }
+            done.pushed = Some(p);
+        }
+        Err(e) if matches!(e, Error::Usage(_)) => return Err(e),
+        Err(e) => done.faults.push((Step::Push, e)),
+    }
+    let Some(facts) = facts.filter(|_| !cfg.push.dry_run) else {
+        return Ok(done);
+    };
+    let saved = grouped(obs, "nixdelta: save the store archive", || {
+        let p = prepared.as_ref().map_err(again)?;
+        let key = match &facts.key {
+            Some(k) => k.clone(),
+            None => key.as_ref().map_err(again)?.key.clone(),
+        };
+        let mut facts = facts.clone();
+        facts.key = Some(key.clone());
+        let input = SaveInput {
+            facts,
+            key,
+            new: &p.new,
+            candidates: &p.candidates,
+            filters: &p.filters,
+        };
+        save(cfg, &p.store, input, obs)
+    });
+    match saved {
+        Ok(s) => done.saved = Some(s),
+        Err(e) if matches!(e, Error::Usage(_)) => return Err(e),
+        Err(e) => done.faults.push((Step::Save, e)),
+    }
+    Ok(done)
+}
+
+/// The same error once more (a failed preparation fails both steps).
+fn again(e: &Error) -> Error {
+    match e {
+        Error::Store(m) => Error::Store(m.clone()),
+        Error::Path(m) => Error::Path(m.clone()),
+        Error::Key { path, msg } => Error::Key {
+            path: path.clone(),
+            msg: msg.clone(),
+        },
+        Error::Cache { url, msg } => Error::Cache {
+            url: url.clone(),
+            msg: msg.clone(),
+        },
+        Error::Integrity(m) => Error::Integrity(m.clone()),
+        Error::Input { path, msg } => Error::Input {
+            path: path.clone(),
+            msg: msg.clone(),
+        },
+        Error::Usage(m) => Error::Usage(m.clone()),
+        Error::Verify(m) => Error::Verify(m.clone()),
+        Error::Other(e) => Error::Other(anyhow::anyhow!("{e:#}")),
+    }
+}
+
+/// A diff against another store's snapshot would list nearly every path
+/// of this one: refuse it.
+fn same_store(st: &State, store_root: Option<&Path>) -> Result<()> {
+    let canon = |p: Option<&Path>| p.map(|p| std::fs::canonicalize(p).unwrap_or(p.to_path_buf()));
+    if canon(st.store_root.as_deref()) == canon(store_root) {
+        return Ok(());
+    }
+    let name =
+        |p: Option<&Path>| p.map_or("the system store".to_string(), |p| p.display().to_string());
+    Err(Error::Input {
+        path: "state of start".into(),
+        msg: format!(
+            "start ran on {}, finish on {}: run both on one store",
+            name(st.store_root.as_deref()),
+            name(store_root)
+        ),
+    })
+}

@@ -1,0 +1,23 @@
+//! The CI job: `start` (warm start, archive restore, snapshot), the user's
+//! build, `finish` (push, warm-start manifest, archive save). The policy
+//! lives here: the re-save rule and `<key>-g<time>` keys, what `start`
+//! keeps for `finish`, that the push filters also apply to the archive,
+//! what the warm manifest lists. Front ends build a [`JobConfig`] and
+//! watch through an [`Observer`].
+
+pub mod config;
+pub mod finish;
+pub mod key;
+pub mod keys;
+pub mod observer;
+pub mod push;
+pub mod restore;
+pub mod save;
+pub mod state;
+pub mod warm;
+
+pub use config::{ArchiveConfig, FilterConfig, JobConfig, KeySpec, PushConfig, WarmConfig};
+pub use finish::{finish, Finished, Step};
+pub use observer::Observer;
+pub use restore::{start, Started};
+pub use state::{ArchiveFacts, Restored};

@@ -1,0 +1,134 @@
+//! The start of a job: warm start from the binary cache and the archive
+//! restore (when configured), then the snapshot. Restoring *before* the
+//! snapshot means restored paths are never pushed again.
+
+use crate::archive::{self, ImportOptions, RestoreReport};
+use crate::error::{Error, Result};
+use crate::pipeline::snapshot::{self, State};
+use crate::pipeline::summary::mb;
+use crate::store::Store;
+
+use super::config::JobConfig;
+use super::observer::{grouped, Observer};
+use super::state::{ArchiveFacts, Restored};
+use super::{save::grown_prefix, warm};
+
+/// What `start` did: the state for `finish`, and the archive restore.
+pub struct Started {
+    pub state: State,
+    /// With an archive: what `start` learnt, and the restore's report
+    /// (`None` when it failed).
+    pub archive: Option<(ArchiveFacts, Option<RestoreReport>)>,
+}
+
+/// Warm start and archive restore (when asked), then the snapshot. A
+/// restore that fails is a warning unless `strict`; the snapshot is taken
+/// either way.
+pub fn start(cfg: &JobConfig, obs: &dyn Observer) -> Result<Started> {
+    let root = cfg.store_root.as_deref();
+    if let Some(url) = &cfg.warm.restore_from {
+        let warmed = grouped(obs, "nixdelta: warm start from the binary cache", || {
+            warm::restore(cfg, url, obs)
+        });
+        match warmed {
+            Ok(()) => {}
+            Err(e) if cfg.strict || matches!(e, Error::Usage(_)) => return Err(e),
+            Err(e) => obs.warning(&format!(
+                "warm start from {url} failed (not failing the job; use --strict to): {e}"
+            )),
+        }
+    }
+    let a = &cfg.archive;
+    let Some(backend) = &a.backend else {
+        return Ok(Started {
+            state: snapshot::take(root)?,
+            archive: None,
+        });
+    };
+    let mut facts = ArchiveFacts {
+        backend: backend.clone(),
+        read_only: a.read_only,
+        outcome: Restored::Error,
+        ..Default::default()
+    };
+    let restored = grouped(obs, "nixdelta: restore the store archive", || {
+        restore_archive(cfg, backend, &mut facts, obs)
+    });
+    let report = match restored {
+        Ok(r) => Some(r),
+        Err(e) if cfg.strict || matches!(e, Error::Usage(_)) => return Err(e),
+        Err(e) => {
+            obs.warning(&format!(
+                "store archive not restored (not failing the job; use --strict to): {e}"
+            ));
+            None
+        }
+    };
+    let mut state = snapshot::take(root)?;
+    facts.record(&mut state);
+    obs.output("cache-key", facts.key.as_deref().unwrap_or(""));
+    let hit = facts.outcome == Restored::Hit;
+    obs.output("cache-hit", if hit { "true" } else { "false" });
+    obs.output("matched-key", facts.matched_key.as_deref().unwrap_or(""));
+    obs.output("restored-paths", &facts.restored_paths.to_string());
+    Ok(Started {
+        state,
+        archive: Some((facts, report)),
+    })
+}
+
+fn restore_archive(
+    cfg: &JobConfig,
+    spec: &str,
+    facts: &mut ArchiveFacts,
+    obs: &dyn Observer,
+) -> Result<RestoreReport> {
+    let root = cfg.store_root.as_deref();
+    let backend = archive::open(spec, cfg.archive.read_only)?;
+    let k = cfg.key.compute()?;
+    for n in &k.notes {
+        tracing::info!("{n}");
+    }
+    facts.key = Some(k.key.clone());
+    obs.note(&format!("cache key {}", k.key));
+    if let Some(root) = root {
+        Store::init(root)?;
+    }
+    let base = snapshot::take(root)?;
+    let store = Store::open(root)?;
+    // An archive that grew on an exact hit is saved as `<key>-g<time>`:
+    // the newest of those wins over the key's first archive.
+    let grown = grown_prefix(&k.key);
+    let (want, prefixes) =
+        match backend.lookup(&format!("{grown}0"), std::slice::from_ref(&grown))? {
+            Some(found) => (found.key, vec![]),
+            None => (k.key.clone(), k.restore_prefixes.clone()),
+        };
+    let r = archive::restore(
+        &store,
+        backend.as_ref(),
+        &want,
+        &prefixes,
+        &ImportOptions::default(),
+    )?;
+    facts.matched_key = r.matched_key.clone();
+    facts.outcome = r.outcome.into();
+    facts.restored_paths = r.import.added;
+    facts.restored_nar_bytes = r.import.nar_bytes_added;
+    if r.import.added > 0 {
+        facts.base = Some(Box::new(base));
+    }
+    obs.note(&match &r.matched_key {
+        None => format!("restore: miss ({}) in {:.2} s", r.backend, r.seconds),
+        Some(m) => format!(
+            "restore: {} ({m}): {} paths added, {} already valid, {} of NAR from {} of archive in {:.2} s",
+            r.outcome,
+            r.import.added,
+            r.import.present,
+            mb(r.import.nar_bytes_added),
+            mb(r.archive_bytes),
+            r.seconds
+        ),
+    });
+    Ok(r)
+}
