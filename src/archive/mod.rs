@@ -1,5 +1,5 @@
 //! Store archives: many store paths packed into one zstd stream, keyed by
-//! the cache key (see [`crate::pipeline::key`]), saved to and restored from
+//! the cache key (computed by the job, `job::key`), saved to and restored from
 //! a CI cache ([`Backend`]: `dir:PATH`, `github`, `s3://…`).
 //!
 //! * [`save`]: closure of the given paths (minus what `--max-archive-size`
