@@ -9,7 +9,8 @@
 //! Layers, lowest first; a module imports only from layers below it (the
 //! test at the end of this file checks every `crate::` path):
 //!
-//! 1. [`error`], [`size`]: errors with exit codes; byte sizes.
+//! 1. [`error`], [`size`], [`secret`]: errors with exit codes; byte sizes;
+//!    values kept out of logs.
 //! 2. [`nix`]: pure formats (store paths, nix32, NAR, narinfo, signing,
 //!    path info, the archive format).
 //! 3. [`net`]: the one HTTP client, retry policy, transfers, S3.
@@ -29,6 +30,7 @@ pub mod job;
 pub mod net;
 pub mod nix;
 pub mod pipeline;
+pub mod secret;
 pub mod size;
 pub mod store;
 
@@ -37,11 +39,12 @@ mod layers {
     /// Each layer, with the layers it may import.
     const ALLOWED: &[(&str, &[&str])] = &[
         ("error", &[]),
+        ("secret", &[]),
         ("size", &["error"]),
         ("nix", &["error"]),
-        ("net", &["error"]),
+        ("net", &["error", "secret"]),
         ("store", &["error", "nix"]),
-        ("cache", &["error", "size", "nix", "net", "store"]),
+        ("cache", &["error", "secret", "size", "nix", "net", "store"]),
         (
             "archive",
             &["error", "size", "nix", "net", "store", "cache"],

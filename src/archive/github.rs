@@ -30,6 +30,7 @@ use crate::error::{Error, Result};
 use crate::net::redact::display_url;
 use crate::net::transfer::{self, snippet, ChunkedUpload};
 use crate::net::{Net, RetryPolicy};
+use crate::secret::Secret;
 
 /// The `version` of every nixdelta entry: entries of other tools (whose
 /// version hashes their paths) never match ours, and ours never theirs.
@@ -87,7 +88,7 @@ fn is_ghes() -> bool {
 pub fn open(spec: &str, read_only: bool) -> Result<Box<dyn Backend>> {
     let results = env("ACTIONS_RESULTS_URL");
     let cache_url = env("ACTIONS_CACHE_URL");
-    let token = env("ACTIONS_RUNTIME_TOKEN");
+    let token = env("ACTIONS_RUNTIME_TOKEN").map(Secret::new);
     let v2 = match spec {
         "github-v2" => true,
         "github-v1" => false,
@@ -137,7 +138,7 @@ pub fn open(spec: &str, read_only: bool) -> Result<Box<dyn Backend>> {
 pub struct GithubBackend {
     v2: bool,
     base: String,
-    token: Option<String>,
+    token: Option<Secret<String>>,
     net: Arc<Net>,
     read_only: bool,
     no_reads: bool,
@@ -163,7 +164,7 @@ impl GithubBackend {
 
     fn auth(&self, rb: RequestBuilder) -> RequestBuilder {
         match &self.token {
-            Some(t) => rb.bearer_auth(t),
+            Some(t) => rb.bearer_auth(t.expose()),
             None => rb,
         }
     }
@@ -360,7 +361,7 @@ impl GithubBackend {
                     .header("Content-Range", format!("bytes {off}-{end}/*"))
                     .body(data.clone());
                 if let Some(t) = &token {
-                    rb = rb.bearer_auth(t);
+                    rb = rb.bearer_auth(t.expose());
                 }
                 rb
             })?;

@@ -22,6 +22,7 @@ use crate::net::client::STREAM_TIMEOUT;
 use crate::net::redact::display_url;
 use crate::net::{parallel_map, Net, MAX_IN_FLIGHT};
 use crate::nix::StorePath;
+use crate::secret::Secret;
 
 /// Env var holding a bearer token for http(s) targets.
 pub const TOKEN_ENV: &str = "NIXDELTA_CACHE_TOKEN";
@@ -29,33 +30,24 @@ pub const TOKEN_ENV: &str = "NIXDELTA_CACHE_TOKEN";
 /// addressed, so one already there (an interrupted push) is not sent again.
 pub const SKIP_EXISTING_FROM: u64 = 32 << 20;
 
+#[derive(Debug)]
 pub enum Auth {
     None,
     Basic {
         user: String,
-        password: Zeroizing<String>,
+        password: Secret<String>,
     },
-    Bearer(Zeroizing<String>),
-}
-
-impl std::fmt::Debug for Auth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Auth::None => write!(f, "None"),
-            Auth::Basic { user, .. } => {
-                write!(f, "Basic {{ user: {user:?}, password: <redacted> }}")
-            }
-            Auth::Bearer(_) => write!(f, "Bearer(<redacted>)"),
-        }
-    }
+    Bearer(Secret<String>),
 }
 
 impl Auth {
     fn apply(&self, req: RequestBuilder) -> RequestBuilder {
         match self {
             Auth::None => req,
-            Auth::Basic { user, password } => req.basic_auth(user, Some(password.as_str())),
-            Auth::Bearer(t) => req.bearer_auth(t.as_str()),
+            Auth::Basic { user, password } => {
+                req.basic_auth(user, Some(password.expose().as_str()))
+            }
+            Auth::Bearer(t) => req.bearer_auth(t.expose().as_str()),
         }
     }
 }
@@ -92,7 +84,7 @@ impl HttpCache {
         let mut auth = if !base.username().is_empty() {
             Auth::Basic {
                 user: percent_decode(base.username()),
-                password: Zeroizing::new(base.password().map(percent_decode).unwrap_or_default()),
+                password: Secret::new(base.password().map(percent_decode).unwrap_or_default()),
             }
         } else {
             Auth::None
@@ -100,7 +92,7 @@ impl HttpCache {
         if matches!(auth, Auth::None) {
             if let Ok(t) = std::env::var(TOKEN_ENV) {
                 if !t.trim().is_empty() {
-                    auth = Auth::Bearer(Zeroizing::new(t.trim().to_string()));
+                    auth = Auth::Bearer(Secret::new(t.trim().to_string()));
                 }
             }
         }
@@ -320,10 +312,10 @@ pub fn netrc_lookup(file: &Path, host: &str) -> std::result::Result<Auth, String
 fn parse_netrc(text: &str, host: &str) -> Auth {
     let mut tokens = text.split_whitespace();
     // (machine matches, login, password) of the entry being read.
-    let mut current: Option<(bool, Option<String>, Option<Zeroizing<String>>)> = None;
+    let mut current: Option<(bool, Option<String>, Option<Secret<String>>)> = None;
     let mut found = None;
     let mut default = None;
-    let finish = |cur: Option<(bool, Option<String>, Option<Zeroizing<String>>)>,
+    let finish = |cur: Option<(bool, Option<String>, Option<Secret<String>>)>,
                   is_default: bool,
                   found: &mut Option<Auth>,
                   default: &mut Option<Auth>| {
@@ -362,7 +354,7 @@ fn parse_netrc(text: &str, host: &str) -> Auth {
             }
             "password" => {
                 if let (Some(c), Some(v)) = (current.as_mut(), tokens.next()) {
-                    c.2 = Some(Zeroizing::new(v.to_string()));
+                    c.2 = Some(Secret::new(v.to_string()));
                 }
             }
             "account" => {
@@ -381,7 +373,7 @@ mod tests {
 
     fn basic(a: &Auth) -> Option<(String, String)> {
         match a {
-            Auth::Basic { user, password } => Some((user.clone(), password.to_string())),
+            Auth::Basic { user, password } => Some((user.clone(), password.expose().to_string())),
             _ => None,
         }
     }
@@ -413,10 +405,10 @@ mod tests {
     fn auth_debug_is_redacted() {
         let a = Auth::Basic {
             user: "u".into(),
-            password: Zeroizing::new("hunter2".into()),
+            password: Secret::new("hunter2".into()),
         };
         assert!(!format!("{a:?}").contains("hunter2"));
-        let b = Auth::Bearer(Zeroizing::new("tok123".into()));
+        let b = Auth::Bearer(Secret::new("tok123".into()));
         assert!(!format!("{b:?}").contains("tok123"));
     }
 

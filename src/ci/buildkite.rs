@@ -8,8 +8,6 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use zeroize::Zeroizing;
-
 use nixdelta::error::Result;
 
 use super::{split_lines, Frontend, Inputs, Source, Step};
@@ -103,7 +101,7 @@ impl Frontend for Buildkite {
         // never from pipeline.yml: `secret-key-env` names the variable.
         if let Some(var) = src.get("secret-key-env") {
             if var != "NIXDELTA_SECRET_KEY" {
-                i.secret_key = env(&var).map(Zeroizing::new);
+                i.secret_key = env(&var).map(nixdelta::secret::Secret::new);
             }
         }
         i.fork_pr = fork_pr(env);
@@ -180,7 +178,7 @@ mod tests {
         assert_eq!(i.key_files, ["flake.lock"]);
         assert!(i.strict);
         assert_eq!(
-            i.secret_key.as_deref().map(String::as_str),
+            i.secret_key.as_ref().map(|k| k.expose().as_str()),
             Some("k-1:c2VjcmV0")
         );
         assert!(i.state_dir.unwrap().ends_with("nixdelta-bk-0190-abc"));

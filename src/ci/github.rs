@@ -7,8 +7,6 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use zeroize::Zeroizing;
-
 use nixdelta::error::Result;
 
 use super::{escape_data, Frontend, Inputs, Source, Step};
@@ -73,7 +71,7 @@ impl Frontend for GitHub {
     fn inputs(&self, env: &dyn Fn(&str) -> Option<String>, step: Step) -> Result<Inputs> {
         let src = InputEnv(env);
         let mut i = Inputs::read(&src)?;
-        i.secret_key = env(&input_var("secret-key")).map(Zeroizing::new);
+        i.secret_key = env(&input_var("secret-key")).map(nixdelta::secret::Secret::new);
         i.fork_pr = fork_pr(env);
         if step == Step::Finish {
             i.state_dir = env(&format!("STATE_{STATE_DIR}")).map(PathBuf::from);
@@ -190,7 +188,7 @@ mod tests {
         let i = GitHub.inputs(&m.lookup(), Step::Finish).unwrap();
         assert_eq!(i.binary_cache.as_deref(), Some("file:///c"));
         assert_eq!(
-            i.secret_key.as_deref().map(String::as_str),
+            i.secret_key.as_ref().map(|k| k.expose().as_str()),
             Some("k-1:c2VjcmV0")
         );
         assert_eq!(i.key_files, ["flake.lock", "nix/*.nix"]);

@@ -21,9 +21,8 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use zeroize::Zeroizing;
-
 use nixdelta::error::{Error, Result};
+use nixdelta::secret::Secret;
 
 /// `--ci` / `$NIXDELTA_CI`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -67,11 +66,12 @@ pub enum Step {
 
 /// The options every front end offers (kebab-case names in each CI's
 /// configuration: `binary-cache`, `secret-key`, `archive`, ...).
-#[derive(Default)]
+/// `Debug` shows no secret: the key is a [`Secret`].
+#[derive(Debug, Default)]
 pub struct Inputs {
     pub binary_cache: Option<String>,
     /// Key content (GitHub's `secret-key`, Buildkite's `secret-key-env`).
-    pub secret_key: Option<Zeroizing<String>>,
+    pub secret_key: Option<Secret<String>>,
     pub secret_key_file: Option<String>,
     pub archive: Option<String>,
     pub key_files: Vec<String>,
@@ -89,31 +89,6 @@ pub struct Inputs {
     pub fork_pr: bool,
     /// Said once the options are settled (e.g. why nothing is pushed).
     pub notices: Vec<String>,
-}
-
-impl std::fmt::Debug for Inputs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Inputs")
-            .field("binary_cache", &self.binary_cache)
-            .field(
-                "secret_key",
-                &self.secret_key.as_ref().map(|_| "<redacted>"),
-            )
-            .field("secret_key_file", &self.secret_key_file)
-            .field("archive", &self.archive)
-            .field("key_files", &self.key_files)
-            .field("restore_prefixes", &self.restore_prefixes)
-            .field("exclude", &self.exclude)
-            .field("include_drv", &self.include_drv)
-            .field("upstream", &self.upstream)
-            .field("strict", &self.strict)
-            .field("max_archive_size", &self.max_archive_size)
-            .field("jobs", &self.jobs)
-            .field("read_only", &self.read_only)
-            .field("state_dir", &self.state_dir)
-            .field("fork_pr", &self.fork_pr)
-            .finish()
-    }
 }
 
 /// How a CI hands over one named option.
@@ -365,6 +340,7 @@ pub fn init(kind: Kind, step: Option<Step>, argv: Vec<OsString>) -> Result<Vec<O
     };
     let mut inputs = fe.inputs(&env_var, step)?;
     if let Some(key) = &inputs.secret_key {
+        let key = key.expose();
         mask_key(fe.as_ref(), key);
         // Single-threaded here (see above); the key stays in this process.
         std::env::set_var("NIXDELTA_SECRET_KEY", key.as_str());
@@ -560,7 +536,7 @@ mod tests {
     #[test]
     fn secrets_are_redacted_in_debug() {
         let i = Inputs {
-            secret_key: Some(Zeroizing::new("k-1:c2VjcmV0".into())),
+            secret_key: Some(Secret::new("k-1:c2VjcmV0".into())),
             ..Default::default()
         };
         let d = format!("{i:?}");
