@@ -47,16 +47,16 @@ mod layers {
         ("cache", &["error", "secret", "size", "nix", "net", "store"]),
         (
             "archive",
-            &["error", "size", "nix", "net", "store", "cache"],
+            &["error", "secret", "size", "nix", "net", "store", "cache"],
         ),
         (
             "pipeline",
-            &["error", "size", "nix", "net", "store", "cache"],
+            &["error", "secret", "size", "nix", "net", "store", "cache"],
         ),
         (
             "job",
             &[
-                "error", "size", "nix", "net", "store", "cache", "archive", "pipeline",
+                "error", "secret", "size", "nix", "net", "store", "cache", "archive", "pipeline",
             ],
         ),
     ];
