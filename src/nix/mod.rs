@@ -17,7 +17,7 @@ pub mod store_path;
 pub use hash::Sha256Hash;
 pub use narinfo::NarInfo;
 pub use path_info::PathInfo;
-pub use signing::{PublicKey, SecretKey};
+pub use signing::{PublicKey, SecretKey, Signature};
 pub use store_path::StorePath;
 
 /// The logical store directory Nix uses unless configured otherwise.

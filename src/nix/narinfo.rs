@@ -272,7 +272,7 @@ mod tests {
             let fp = info.fingerprint(SD);
             assert!(fp.starts_with(&format!("1;{SD}/")));
             assert!(pk.verify(&fp, &info.sigs[0]), "{name}: {fp}");
-            assert_eq!(sk.sign(&fp), info.sigs[0], "{name}");
+            assert_eq!(sk.sign(&fp).to_string(), info.sigs[0], "{name}");
             // tampered fingerprints fail
             let bumped = fingerprint(
                 SD,

@@ -82,10 +82,13 @@ impl SecretKey {
             key: self.key.verifying_key(),
         }
     }
-    /// `name:base64(signature)` over `fingerprint`.
-    pub fn sign(&self, fingerprint: &str) -> String {
+    /// The signature over `fingerprint`.
+    pub fn sign(&self, fingerprint: &str) -> Signature {
         let sig = self.key.sign(fingerprint.as_bytes());
-        format!("{}:{}", self.name, BASE64.encode(sig.to_bytes()))
+        Signature {
+            key_name: self.name.clone(),
+            bytes: sig.to_bytes(),
+        }
     }
     /// The key file content `name:base64(seed ‖ public)`. Callers must not log it.
     pub fn to_file_string(&self) -> zeroize::Zeroizing<String> {
@@ -200,6 +203,49 @@ impl std::fmt::Debug for PublicKey {
     }
 }
 
+/// A signature as narinfos and the Nix DB carry it: `name:base64(64
+/// bytes)`, where `name` names the key that made it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Signature {
+    key_name: String,
+    bytes: [u8; SIGNATURE_LENGTH],
+}
+
+impl Signature {
+    pub fn parse(s: &str) -> Result<Signature, FormatError> {
+        let bad = || FormatError::Signature(s.to_string());
+        let (name, data) = split_key(s).ok_or_else(bad)?;
+        let bytes = BASE64.decode(data).map_err(|_| bad())?;
+        Ok(Signature {
+            key_name: name.to_string(),
+            bytes: <[u8; SIGNATURE_LENGTH]>::try_from(bytes).map_err(|_| bad())?,
+        })
+    }
+
+    /// The name of the key that made it (`cache.nixos.org-1`).
+    pub fn key_name(&self) -> &str {
+        &self.key_name
+    }
+
+    /// Whether `sig`, in its text form, is by the key named `key_name`
+    /// (a malformed one is by no key).
+    pub fn is_by(sig: &str, key_name: &str) -> bool {
+        Signature::parse(sig).is_ok_and(|s| s.key_name == key_name)
+    }
+}
+
+impl std::fmt::Display for Signature {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.key_name, BASE64.encode(self.bytes))
+    }
+}
+
+impl std::fmt::Debug for Signature {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Signature({self})")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,7 +278,12 @@ mod tests {
     fn sign_and_verify() {
         let sk = SecretKey::parse(SEC).unwrap();
         let pk = sk.public_key();
-        let sig = sk.sign("1;/nix/store/x;sha256:y;1;");
+        let typed = sk.sign("1;/nix/store/x;sha256:y;1;");
+        assert_eq!(typed.key_name(), "fixture-key-1");
+        let sig = typed.to_string();
+        assert_eq!(Signature::parse(&sig).unwrap(), typed);
+        assert!(Signature::is_by(&sig, "fixture-key-1") && !Signature::is_by(&sig, "fixture"));
+        assert!(Signature::parse("fixture-key-1:!!").is_err());
         assert!(sig.starts_with("fixture-key-1:"));
         assert_eq!(sig.len(), "fixture-key-1:".len() + 88);
         assert!(pk.verify("1;/nix/store/x;sha256:y;1;", &sig));
@@ -257,7 +308,7 @@ mod tests {
         let again = SecretKey::parse(&file).unwrap();
         assert_eq!(again.public_key(), sk.public_key());
         let pk = PublicKey::parse(&sk.public_key().to_string()).unwrap();
-        assert!(pk.verify("fp", &again.sign("fp")));
+        assert!(pk.verify("fp", &again.sign("fp").to_string()));
         assert_ne!(SecretKey::generate("my-cache-1").unwrap().public_key(), pk);
         for bad in ["", "a:b", "a b", "a\n"] {
             assert!(

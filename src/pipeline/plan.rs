@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::filter::Filters;
 use crate::cache::BinaryCache;
 use crate::error::Result;
-use crate::nix::StorePath;
+use crate::nix::{Signature, StorePath};
 use crate::store::{PathInfo, Store};
 
 /// Why a candidate is not uploaded.
@@ -101,17 +101,12 @@ fn local_filter(info: &PathInfo, opts: &PlanOptions, store_dir: &str) -> Option<
     } else if info
         .sigs
         .iter()
-        .any(|s| opts.upstream_keys.iter().any(|k| sig_by(s, k)))
+        .any(|s| opts.upstream_keys.iter().any(|k| Signature::is_by(s, k)))
     {
         Some(Skip::UpstreamSigned)
     } else {
         None
     }
-}
-
-fn sig_by(sig: &str, key_name: &str) -> bool {
-    sig.split_once(':')
-        .is_some_and(|(name, _)| name == key_name)
 }
 
 /// Builds the plan: filters, then asks the target (and optionally an
@@ -277,4 +272,139 @@ fn pull_in_references(
         paths.retain(|p| !pulled.contains(p));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::{narinfo_name, FileCache};
+    use crate::nix::{SecretKey, Sha256Hash};
+    use crate::pipeline::filter::compile_excludes;
+
+    /// A store in memory: the plan asks it only for path infos.
+    struct Memory(HashMap<StorePath, PathInfo>);
+
+    impl PathInfos for Memory {
+        fn store_dir(&self) -> &str {
+            "/nix/store"
+        }
+        fn path_info(&self, path: &StorePath) -> Result<Option<PathInfo>> {
+            Ok(self.0.get(path).cloned())
+        }
+    }
+
+    fn path(n: usize, name: &str) -> StorePath {
+        StorePath::from_base_name(&format!("{n:0>32}-{name}")).unwrap()
+    }
+
+    fn info(p: &StorePath, refs: &[&StorePath]) -> PathInfo {
+        PathInfo {
+            path: p.clone(),
+            id: 0,
+            nar_hash: Sha256Hash::digest(p.to_string().as_bytes()),
+            nar_size: 100,
+            references: refs.iter().map(|r| (*r).clone()).collect(),
+            deriver: None,
+            sigs: Vec::new(),
+            ca: None,
+        }
+    }
+
+    fn names(paths: &[StorePath]) -> Vec<String> {
+        let mut v: Vec<String> = paths.iter().map(|p| p.name().to_string()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn filters_target_upstream_and_pulled_in_references() {
+        let dir = tempfile::tempdir().unwrap();
+        let (app, lib, cached, drv, up, old) = (
+            path(1, "app"),
+            path(2, "lib-debug"),
+            path(3, "cached"),
+            path(4, "app.drv"),
+            path(5, "glibc"),
+            path(6, "old-dep"),
+        );
+        // The target has `cached`; `old-dep` predates the job (not a
+        // candidate) and is only in the store.
+        std::fs::write(dir.path().join(narinfo_name(&cached)), "x").unwrap();
+        let target = FileCache::open_read_only("file:///t", dir.path());
+        let mut upstream = info(&up, &[]);
+        let sk = SecretKey::generate("cache.nixos.org-1").unwrap();
+        upstream.sigs.push(sk.sign("fp").to_string());
+        let candidates = vec![
+            info(&app, &[&lib, &cached, &up, &old, &app]),
+            info(&lib, &[]),
+            info(&cached, &[]),
+            info(&drv, &[]),
+            upstream,
+        ];
+        let store = Memory([(old.clone(), info(&old, &[]))].into());
+        let opts = PlanOptions {
+            filters: Filters {
+                excludes: compile_excludes(&["-debug$".into()]).unwrap(),
+                ..Filters::default()
+            },
+            upstream_keys: vec!["cache.nixos.org-1".into()],
+        };
+        let plan = plan(&store, candidates, &opts, &target, None).unwrap();
+        assert_eq!(plan.considered, 5);
+        let uploaded: Vec<StorePath> = plan.upload.iter().map(|i| i.path.clone()).collect();
+        assert_eq!(names(&uploaded), ["app", "lib-debug", "old-dep"]);
+        assert_eq!(names(&plan.pulled_in), ["lib-debug", "old-dep"]);
+        assert_eq!(plan.skipped_count(Skip::Derivation), 1);
+        assert_eq!(plan.skipped_count(Skip::OnTarget), 1);
+        assert_eq!(plan.skipped_count(Skip::UpstreamSigned), 1);
+        // Pulled in, so no longer counted as excluded.
+        assert_eq!(plan.skipped_count(Skip::Excluded), 0);
+        assert!(plan.present.contains(&cached) && plan.present.contains(&up));
+    }
+
+    #[test]
+    fn the_repository_source_holds_back_its_users() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = FileCache::open_read_only("file:///t", dir.path());
+        let (src, user, indirect, other) = (
+            path(1, "source"),
+            path(2, "built-from-source"),
+            path(3, "wraps-it"),
+            path(4, "independent"),
+        );
+        let candidates = vec![
+            info(&src, &[]),
+            info(&user, &[&src]),
+            info(&indirect, &[&user]),
+            info(&other, &[]),
+        ];
+        let opts = PlanOptions {
+            filters: Filters {
+                self_sources: [src.clone()].into(),
+                ..Filters::default()
+            },
+            ..PlanOptions::default()
+        };
+        let plan = plan(&Memory(HashMap::new()), candidates, &opts, &target, None).unwrap();
+        let uploaded: Vec<StorePath> = plan.upload.iter().map(|i| i.path.clone()).collect();
+        assert_eq!(names(&uploaded), ["independent"]);
+        assert_eq!(plan.skipped_count(Skip::SelfSource), 1);
+        assert_eq!(plan.skipped_count(Skip::NeedsSelfSource), 2);
+    }
+
+    #[test]
+    fn a_reference_the_store_lacks_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = FileCache::open_read_only("file:///t", dir.path());
+        let (a, gone) = (path(1, "a"), path(2, "gone"));
+        let e = plan(
+            &Memory(HashMap::new()),
+            vec![info(&a, &[&gone])],
+            &PlanOptions::default(),
+            &target,
+            None,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("referenced but not valid"), "{e}");
+    }
 }

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use crate::cache::{narinfo_name, BinaryCache};
 use crate::error::{Error, Result};
-use crate::nix::{NarInfo, SecretKey, StorePath};
+use crate::nix::{NarInfo, SecretKey, Signature, StorePath};
 use crate::pipeline::pack::{pack, PackOptions, Packed};
 use crate::store::PathInfo;
 
@@ -282,16 +282,15 @@ impl<'a> Publisher<'a> {
             sigs: Vec::new(),
             ca: info.ca.clone(),
         };
-        let own = format!("{}:", self.key.name());
+        // Ours replaces an older signature by the same key name.
         narinfo.sigs = info
             .sigs
             .iter()
-            .filter(|s| !s.starts_with(&own))
+            .filter(|s| !Signature::is_by(s, self.key.name()))
             .cloned()
             .collect();
-        narinfo
-            .sigs
-            .push(self.key.sign(&narinfo.fingerprint(self.store_dir)));
+        let sig = self.key.sign(&narinfo.fingerprint(self.store_dir));
+        narinfo.sigs.push(sig.to_string());
         self.cache.put(
             &narinfo_name(&info.path),
             narinfo.render(self.store_dir).as_bytes(),
@@ -308,5 +307,68 @@ impl<'a> Publisher<'a> {
         self.report.blocked = blocked;
         self.report.seconds = start.elapsed().as_secs_f64();
         self.report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::FileCache;
+    use crate::nix::{nar, Sha256Hash};
+
+    /// A path on disk with its true NAR hash, as the store would record it.
+    fn item(dir: &std::path::Path, n: usize, name: &str, refs: &[&StorePath]) -> Item {
+        let path = StorePath::from_base_name(&format!("{n:0>32}-{name}")).unwrap();
+        let real = dir.join(path.to_string());
+        std::fs::write(&real, format!("contents of {name}\n").repeat(50)).unwrap();
+        let mut bytes = Vec::new();
+        let size = nar::dump_path(&real, &mut bytes).unwrap();
+        Item {
+            info: PathInfo {
+                path: path.clone(),
+                id: 0,
+                nar_hash: Sha256Hash::digest(&bytes),
+                nar_size: size,
+                references: refs.iter().map(|r| (*r).clone()).collect(),
+                deriver: None,
+                sigs: Vec::new(),
+                ca: None,
+            },
+            real_path: real,
+        }
+    }
+
+    #[test]
+    fn uploads_signed_narinfos_and_refuses_a_changed_path() {
+        let files = tempfile::tempdir().unwrap();
+        let cache_dir = tempfile::tempdir().unwrap();
+        let cache = FileCache::open("file:///c", cache_dir.path()).unwrap();
+        let key = SecretKey::generate("test-1").unwrap();
+        let dep = item(files.path(), 1, "dep", &[]);
+        let dep_path = dep.info.path.clone();
+        let app = item(files.path(), 2, "app", &[&dep_path]);
+        let mut broken = item(files.path(), 3, "broken", &[]);
+        broken.info.nar_hash = Sha256Hash::digest(b"not this");
+        let opts = UploadOptions::new(Some(2), 3);
+        let r = upload(
+            vec![dep, app, broken],
+            &HashSet::new(),
+            &cache,
+            &key,
+            "/nix/store",
+            &opts,
+        );
+        assert_eq!(r.uploaded.len(), 2, "{:?}", r.failed);
+        assert_eq!(r.failed.len(), 1);
+        assert!(
+            matches!(r.failed[0].1, Error::Integrity(_)),
+            "{:?}",
+            r.failed
+        );
+        let text = cache.get(&narinfo_name(&dep_path)).unwrap().unwrap();
+        let info = NarInfo::parse(std::str::from_utf8(&text).unwrap(), "/nix/store").unwrap();
+        let fp = info.fingerprint("/nix/store");
+        assert!(info.sigs.iter().any(|s| key.public_key().verify(&fp, s)));
+        assert!(cache.get(&info.url).unwrap().is_some(), "the NAR is there");
     }
 }

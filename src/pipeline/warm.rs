@@ -99,7 +99,7 @@ pub fn write(
     prefixes: &[String],
 ) -> Result<()> {
     let text = serde_json::to_string(manifest).map_err(|e| Error::Other(e.into()))?;
-    let sig = key.sign(&fingerprint(&text));
+    let sig = key.sign(&fingerprint(&text)).to_string();
     let body = serde_json::to_vec(&Envelope {
         manifest: text,
         sig,
