@@ -155,7 +155,7 @@ impl Frontend for Buildkite {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::Map;
+    use super::super::test_env::Map;
     use super::*;
 
     #[test]

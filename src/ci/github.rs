@@ -169,7 +169,7 @@ fn append(path: &Path, text: &str) {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::Map;
+    use super::super::test_env::Map;
     use super::*;
 
     #[test]

@@ -112,7 +112,7 @@ impl Frontend for GitLab {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::Map;
+    use super::super::test_env::Map;
     use super::*;
 
     #[test]

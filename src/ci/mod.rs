@@ -421,11 +421,13 @@ pub fn secs(s: f64) -> String {
     format!("{s:.2} s")
 }
 
+/// A CI environment for the front ends' unit tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod test_env {
     use std::collections::HashMap;
 
+    /// Environment variables as a lookup function (empty counts as unset,
+    /// as [`super::env_var`] does).
     pub struct Map(pub HashMap<String, String>);
 
     impl Map {
@@ -439,6 +441,12 @@ mod tests {
             |k| self.0.get(k).cloned().filter(|v| !v.trim().is_empty())
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_env::Map;
+    use super::*;
 
     fn strs(v: &[OsString]) -> Vec<String> {
         v.iter().map(|s| s.to_string_lossy().into_owned()).collect()

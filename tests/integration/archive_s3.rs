@@ -4,9 +4,9 @@
 
 use std::process::Command;
 
-use crate::archive::{build_offline, valid_paths, verify_store};
-use crate::servers::{with_aws_keys, Seaweed};
-use crate::util::*;
+use crate::helpers::servers::{with_aws_keys, Seaweed};
+use crate::helpers::store::{build_offline, valid_paths, verify_store};
+use crate::helpers::util::*;
 
 fn archive_cmd(env: &Env, store: &std::path::Path, args: &[&str]) -> Command {
     let _ = env;
@@ -117,8 +117,8 @@ fn s3_save_then_restore_into_fresh_store() {
 /// shared credentials file, and the retry settings bound every request.
 #[test]
 fn s3_archive_reads_profiles_and_follows_the_retry_settings() {
-    use crate::proxy::{Fault, Proxy, Rule};
-    use crate::servers::{ACCESS_KEY, SECRET_KEY};
+    use crate::helpers::proxy::{Fault, Proxy, Rule};
+    use crate::helpers::servers::{ACCESS_KEY, SECRET_KEY};
     use std::time::{Duration, Instant};
 
     let env = Env::new();

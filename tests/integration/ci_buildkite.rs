@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use crate::util::*;
+use crate::helpers::util::*;
 
 #[test]
 fn plugin_hooks_under_bats() {

@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::process::Command;
 
-use crate::util::*;
+use crate::helpers::util::*;
 
 /// The e2e workflow: job `build` builds fib(6) into one chroot store and
 /// pushes it; job `warm` restores the archive into a fresh chroot store

@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::util::*;
+use crate::helpers::util::*;
 
 const PIPELINE: &str = r#"include:
   - local: templates/nixdelta.gitlab-ci.yml

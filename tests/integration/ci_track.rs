@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use crate::util::*;
+use crate::helpers::util::*;
 
 struct Job<'a> {
     env: &'a Env,

@@ -3,7 +3,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 
-use crate::util::*;
+use crate::helpers::util::*;
 
 /// Runs nixdelta expecting failure with `code`; returns its stderr.
 fn fails(cmd: &mut std::process::Command, code: i32) -> String {

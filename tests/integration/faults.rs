@@ -5,9 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::proxy::*;
-use crate::servers::*;
-use crate::util::*;
+use crate::helpers::proxy::*;
+use crate::helpers::servers::*;
+use crate::helpers::util::*;
 
 /// Client timeout per attempt in these tests; the proxy's stalls outlast it.
 const TIMEOUT_SECS: &str = "1";

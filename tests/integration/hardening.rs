@@ -5,8 +5,8 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::archive::{restore_into, verify_store};
-use crate::util::*;
+use crate::helpers::store::{restore_into, verify_store};
+use crate::helpers::util::*;
 
 /// A derivation whose output is random bytes, written after `secs` of
 /// sleep: two builds never agree, so a copy swapped over a built path
@@ -353,7 +353,7 @@ fn dir_archives_are_readable_by_the_group() {
     use std::os::unix::fs::PermissionsExt;
     let env = Env::new();
     let backend = format!("dir:{}", env.path("archives").display());
-    crate::archive::save_chain(&env, &backend, "perm-key");
+    crate::helpers::store::save_chain(&env, &backend, "perm-key");
     let file = env.path("archives/perm-key.nda");
     let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
     // The test runs under umask 022 (the default) unless told otherwise.
@@ -505,7 +505,7 @@ fn a_second_finish_keeps_the_warm_manifest() {
         ],
     );
     let three = env.path("stores/three");
-    let valid = crate::archive::valid_paths(&env, &three);
+    let valid = crate::helpers::store::valid_paths(&env, &three);
     for p in &want {
         assert!(valid.contains(p), "job three lacks {p}: {valid:?}");
     }
@@ -518,7 +518,7 @@ fn a_renamed_archive_is_a_miss() {
     let env = Env::new();
     let dir = env.path("archives");
     let backend = format!("dir:{}", dir.display());
-    crate::archive::save_chain(&env, &backend, "saved-key");
+    crate::helpers::store::save_chain(&env, &backend, "saved-key");
     std::fs::rename(dir.join("saved-key.nda"), dir.join("other-key.nda")).unwrap();
     let fresh = env.path("fresh");
     let out = restore_into(&env, &fresh, &backend, "other-key", &[]);
@@ -530,7 +530,7 @@ fn a_renamed_archive_is_a_miss() {
         "{}",
         show(&out)
     );
-    assert!(crate::archive::valid_paths(&env, &fresh).is_empty());
+    assert!(crate::helpers::store::valid_paths(&env, &fresh).is_empty());
 }
 
 /// A small tmpfs at `dir` (root only); unmounted on drop.
@@ -611,7 +611,7 @@ fn leftovers_of_killed_runs_are_cleaned_up() {
     let env = Env::new();
     let (sec, _) = env.keygen("left-1");
     let backend = format!("dir:{}", env.path("archives").display());
-    let (chain6, _) = crate::archive::save_chain(&env, &backend, "left-key");
+    let (chain6, _) = crate::helpers::store::save_chain(&env, &backend, "left-key");
     let fresh = env.path("fresh");
     ok(env.nix_on(&fresh, "nix-store").arg("--init"));
     let cache = env.path("cache");

@@ -2,8 +2,8 @@
 //! nginx, `dav_methods PUT; create_full_put_path on;`): writes need
 //! credentials (netrc basic auth, or a bearer token), Nix reads anonymously.
 
-use crate::servers::*;
-use crate::util::*;
+use crate::helpers::servers::*;
+use crate::helpers::util::*;
 
 fn push(env: &Env, url: &str, sec: &std::path::Path, path: &str) -> std::process::Command {
     let mut cmd = env.nixdelta(&["push", "--to", url, "--secret-key-file"]);

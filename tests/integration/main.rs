@@ -2,7 +2,8 @@
 //! Nix (Debian's nix-bin) on temporary chroot stores (`--store DIR`).
 //! Nothing is mocked: every cache is read back by real Nix.
 
-mod util;
+// Helpers: test tools, real servers, the Actions cache fake.
+mod helpers;
 
 mod archive;
 mod archive_github;
@@ -20,7 +21,5 @@ mod workload;
 // Network binary caches (real SeaweedFS and nginx on 127.0.0.1).
 mod faults;
 mod http;
-mod proxy;
 mod s3;
-mod servers;
 mod verify;

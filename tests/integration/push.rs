@@ -1,6 +1,6 @@
 //! `nixdelta push` to a file:// cache, read back by real Nix.
 
-use crate::util::*;
+use crate::helpers::util::*;
 
 /// The fib DAG with runtime references: push its closure, then a fresh store
 /// substitutes every path with nothing built and signatures required.

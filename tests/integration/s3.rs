@@ -7,8 +7,8 @@ use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::servers::*;
-use crate::util::*;
+use crate::helpers::servers::*;
+use crate::helpers::util::*;
 
 fn push(env: &Env, url: &str, sec: &std::path::Path, paths: &[&str]) -> std::process::Command {
     let mut cmd = env.nixdelta(&["push", "--to", url, "--secret-key-file"]);

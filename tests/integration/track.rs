@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::util::*;
+use crate::helpers::util::*;
 
 /// Output paths of attributes of an example, instantiated in `env`'s store.
 fn outputs(env: &Env, file: &str, attrs: &[&str]) -> Vec<String> {

@@ -1,8 +1,8 @@
 //! `nixdelta verify` on a file:// cache: clean after a push, and every kind
 //! of fault found and listed (exit 9).
 
-use crate::servers::{assert_verify_clean, verify};
-use crate::util::*;
+use crate::helpers::servers::{assert_verify_clean, verify};
+use crate::helpers::util::*;
 
 #[test]
 fn verify_file_cache_clean_then_each_fault_listed() {

@@ -9,7 +9,7 @@
 
 use std::process::Command;
 
-use crate::util::*;
+use crate::helpers::util::*;
 
 /// Fixed salt: the same store paths every run (distinct from the bench's).
 const SALT: &str = "ndtest";

@@ -455,7 +455,7 @@ pub fn clean_creds(cmd: &mut Command) -> &mut Command {
 /// Builds, in `env`'s store, a path `top-<salt>` referencing the fib chain
 /// (salted) and a `<mb>` MB blob of random bytes (incompressible: the NAR is
 /// as large as the blob). Returns its store path.
-pub fn build_blob_top(env: &crate::util::Env, mb: usize, salt: &str) -> String {
+pub fn build_blob_top(env: &crate::helpers::util::Env, mb: usize, salt: &str) -> String {
     let blob = env.path(&format!("blob-{salt}"));
     {
         let mut rng = fastrand::Rng::with_seed(mb as u64 ^ salt.len() as u64);
@@ -481,20 +481,20 @@ in derivation {{
   args = [ "sh" "-c" "mkdir $out; ${{bb}} ln -s ${{blob}} $out/blob; ${{bb}} ln -s ${{fib.chain6}} $out/chain" ];
 }}
 "#,
-            fib = crate::util::example("fib.nix").display(),
+            fib = crate::helpers::util::example("fib.nix").display(),
             blob = blob.display(),
         ),
     )
     .unwrap();
-    let out = crate::util::ok(env.nix("nix-build").arg(&nix).arg("--no-out-link"));
+    let out = crate::helpers::util::ok(env.nix("nix-build").arg(&nix).arg("--no-out-link"));
     let _ = std::fs::remove_file(&blob);
-    crate::util::stdout_lines(&out).remove(0)
+    crate::helpers::util::stdout_lines(&out).remove(0)
 }
 
 /// `nixdelta verify --cache URL --trusted-public-key K…` (with the pusher's
 /// S3 keys in its environment).
 pub fn verify(
-    env: &crate::util::Env,
+    env: &crate::helpers::util::Env,
     url: &str,
     keys: &[&str],
     extra: &[&str],
@@ -511,7 +511,7 @@ pub fn verify(
 
 /// Asserts `verify` finds nothing wrong; returns its summary line.
 pub fn assert_verify_clean(
-    env: &crate::util::Env,
+    env: &crate::helpers::util::Env,
     url: &str,
     keys: &[&str],
     extra: &[&str],
@@ -520,18 +520,18 @@ pub fn assert_verify_clean(
     assert!(
         out.status.success(),
         "verify {url} found faults:\n{}",
-        crate::util::show(&out)
+        crate::helpers::util::show(&out)
     );
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(text.contains("; 0 faults"), "{text}");
     text
 }
 
-/// [`Env::realise_fresh`](crate::util::Env::realise_fresh) without Nix's
+/// [`Env::realise_fresh`](crate::helpers::util::Env::realise_fresh) without Nix's
 /// narinfo disk cache: test servers reuse ports across runs, and an early
 /// "not there" must not be remembered.
 pub fn realise_fresh(
-    env: &crate::util::Env,
+    env: &crate::helpers::util::Env,
     fresh: &str,
     cache_url: &str,
     public_key: &str,
