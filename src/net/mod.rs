@@ -5,6 +5,7 @@
 //! multipart), and URL redaction. Binary caches (`cache/`) and archive
 //! backends (`archive/`) both use it; it knows neither.
 
+mod aws_credentials;
 pub mod client;
 pub mod redact;
 pub mod retry;

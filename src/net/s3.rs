@@ -15,7 +15,6 @@
 //! requests are unsigned. The secret never appears in messages or `Debug`
 //! (rusty-s3 redacts it and zeroizes it on drop).
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use reqwest::blocking::{Body, Response};
@@ -23,6 +22,7 @@ use rusty_s3::actions::{CreateMultipartUpload, ListObjectsV2, S3Action};
 use rusty_s3::{Bucket, Credentials, UrlStyle};
 use url::Url;
 
+use super::aws_credentials::credentials;
 use super::client::STREAM_TIMEOUT;
 use super::retry::{s3_code, status_error, transport, Attempt, RetryPolicy};
 use super::Net;
@@ -427,88 +427,6 @@ pub struct Multipart {
     id: String,
 }
 
-/// Credentials by the documented order; `None`: unsigned requests.
-fn credentials(profile: Option<&str>) -> std::result::Result<Option<Credentials>, String> {
-    if let Some(p) = profile {
-        return profile_credentials(p)?
-            .map(Some)
-            .ok_or_else(|| format!("profile {p:?}: no aws_access_key_id/aws_secret_access_key"));
-    }
-    if let Some(c) = Credentials::from_env() {
-        return Ok(Some(c));
-    }
-    let p = std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".into());
-    profile_credentials(&p)
-}
-
-fn aws_file(var: &str, name: &str) -> Option<PathBuf> {
-    std::env::var_os(var)
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".aws").join(name)))
-}
-
-/// Keys of `profile` from the shared credentials file, then the config file.
-fn profile_credentials(profile: &str) -> std::result::Result<Option<Credentials>, String> {
-    let files = [
-        (
-            aws_file("AWS_SHARED_CREDENTIALS_FILE", "credentials"),
-            profile.to_string(),
-        ),
-        (
-            aws_file("AWS_CONFIG_FILE", "config"),
-            if profile == "default" {
-                "default".to_string()
-            } else {
-                format!("profile {profile}")
-            },
-        ),
-    ];
-    for (file, section) in files {
-        let Some(file) = file else { continue };
-        let text = match std::fs::read_to_string(&file) {
-            Ok(t) => zeroize::Zeroizing::new(t),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(format!("{}: {e}", file.display())),
-        };
-        if let Some(c) = ini_credentials(&text, &section) {
-            return Ok(Some(c));
-        }
-    }
-    Ok(None)
-}
-
-fn ini_credentials(text: &str, section: &str) -> Option<Credentials> {
-    let (mut key, mut secret, mut token) = (None, None, None);
-    let mut inside = false;
-    for line in text.lines() {
-        let line = line.trim();
-        if line.starts_with('#') || line.starts_with(';') || line.is_empty() {
-            continue;
-        }
-        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            inside = name.trim() == section;
-            continue;
-        }
-        if !inside {
-            continue;
-        }
-        if let Some((k, v)) = line.split_once('=') {
-            let v = v.trim().to_string();
-            match k.trim() {
-                "aws_access_key_id" => key = Some(v),
-                "aws_secret_access_key" => secret = Some(v),
-                "aws_session_token" => token = Some(v),
-                _ => {}
-            }
-        }
-    }
-    match (key, secret, token) {
-        (Some(k), Some(s), Some(t)) => Some(Credentials::new_with_token(k, s, t)),
-        (Some(k), Some(s), None) => Some(Credentials::new(k, s)),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -534,18 +452,5 @@ mod tests {
         assert!(S3Url::parse("s3://?region=x").is_err());
         assert!(S3Url::parse("s3://b?scheme=ftp").is_err());
         assert!(S3Url::parse("s3://b?endpoint=http://k:s@h").is_err());
-    }
-
-    #[test]
-    fn ini_profiles() {
-        let text = "[default]\naws_access_key_id = A\naws_secret_access_key = sekrit-value\n\
-                    [ci]\naws_access_key_id=B\naws_secret_access_key=T\naws_session_token=X\n";
-        let c = ini_credentials(text, "ci").unwrap();
-        assert_eq!((c.key(), c.secret(), c.token()), ("B", "T", Some("X")));
-        let c = ini_credentials(text, "default").unwrap();
-        assert_eq!((c.key(), c.token()), ("A", None));
-        assert!(ini_credentials(text, "none").is_none());
-        assert_eq!(c.secret(), "sekrit-value");
-        assert!(!format!("{c:?}").contains("sekrit"), "{c:?}");
     }
 }
