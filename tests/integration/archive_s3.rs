@@ -5,7 +5,7 @@
 use std::process::Command;
 
 use crate::helpers::servers::{with_aws_keys, Seaweed};
-use crate::helpers::store::{build_offline, valid_paths, verify_store};
+use crate::helpers::store::{build_offline, report, valid_paths, verify_store};
 use crate::helpers::util::*;
 
 fn archive_cmd(env: &Env, store: &std::path::Path, args: &[&str]) -> Command {
@@ -140,25 +140,24 @@ fn s3_archive_reads_profiles_and_follows_the_retry_settings() {
     };
     let url = format!("{}&profile=ci", weed.s3_url());
     let key = "nixdelta-v1-x86_64-linux-profile01";
-    let s = ok(&mut profile_cmd(
-        &env.store(),
-        &["save", "--archive", &url, "--key", key, &chain6],
-    ));
-    assert!(
-        String::from_utf8_lossy(&s.stdout).contains("result: saved"),
-        "{}",
-        show(&s)
-    );
+    // Saved, then restored into a fresh store, with the profile's keys only.
+    for (store, args, result) in [
+        (
+            env.store(),
+            vec!["save", "--archive", &url, "--key", key, &chain6],
+            "saved",
+        ),
+        (
+            env.path("fresh"),
+            vec!["restore", "--archive", &url, "--key", key],
+            "hit",
+        ),
+    ] {
+        let out = ok(&mut profile_cmd(&store, &args));
+        let want = format!("result: {result}");
+        assert!(report(&out).contains(&want), "{}", show(&out));
+    }
     let fresh = env.path("fresh");
-    let r = ok(&mut profile_cmd(
-        &fresh,
-        &["restore", "--archive", &url, "--key", key],
-    ));
-    assert!(
-        String::from_utf8_lossy(&r.stdout).contains("result: hit"),
-        "{}",
-        show(&r)
-    );
     assert_eq!(valid_paths(&env, &fresh), closure(&env, &chain6));
 
     // Every lookup fails with 500: the retry deadline bounds the restore
