@@ -49,7 +49,9 @@ impl Cli {
                 netrc_file: net.netrc_file.clone(),
                 ..JobOpt::default()
             },
-            Command::Keygen { .. } | Command::Nar { .. } => JobOpt::default(),
+            Command::Keygen { .. } | Command::Configure { .. } | Command::Nar { .. } => {
+                JobOpt::default()
+            }
         };
         JobOpt {
             store: after.store.or_else(|| self.before.store.clone()),
@@ -122,6 +124,15 @@ enum Command {
         /// Overwrite existing key files.
         #[arg(long)]
         force: bool,
+    },
+    /// Print or write the Nix settings that make this job's Nix substitute
+    /// from the binary cache (extra-substituters, extra-trusted-public-keys).
+    #[command(
+        after_help = "Example:\n  nixdelta configure --to file:///srv/cache --public-key ci.pub --format github-env --output \"$GITHUB_ENV\""
+    )]
+    Configure {
+        #[command(flatten)]
+        args: cmd::configure::ConfigureArgs,
     },
     /// Push the closure of PATHs (signed, zstd) to a binary cache.
     #[command(after_help = concat!(
@@ -325,6 +336,7 @@ fn run(cli: Cli) -> Result<i32> {
     let store_root = store_root.as_deref();
     match cli.command {
         Command::Keygen { name, out, force } => cmd::keygen::keygen(&name, &out, force),
+        Command::Configure { args } => cmd::configure::configure(&args),
         Command::Push { args, paths, .. } => {
             let store = Store::open(store_root)?;
             cmd::push::push_cmd(&store, &args, &paths)

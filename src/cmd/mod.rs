@@ -2,6 +2,7 @@
 
 pub mod archive;
 pub mod common;
+pub mod configure;
 pub mod keygen;
 pub mod push;
 pub mod report;

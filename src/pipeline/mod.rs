@@ -5,6 +5,7 @@ pub mod filter;
 pub mod pack;
 pub mod plan;
 pub mod push;
+pub mod read_side;
 pub mod self_source;
 pub mod snapshot;
 pub mod summary;

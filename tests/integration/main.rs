@@ -15,6 +15,7 @@ mod ci_track;
 mod errors;
 mod hardening;
 mod push;
+mod read_side;
 mod track;
 mod workload;
 
