@@ -50,6 +50,32 @@ pub enum Error {
 }
 
 impl Error {
+    /// The same error once more, for a failure two steps report (one
+    /// failed preparation, one unreadable key). `Other` keeps its message
+    /// and its exit code.
+    pub fn again(&self) -> Error {
+        match self {
+            Error::Store(m) => Error::Store(m.clone()),
+            Error::Path(m) => Error::Path(m.clone()),
+            Error::Key { path, msg } => Error::Key {
+                path: path.clone(),
+                msg: msg.clone(),
+            },
+            Error::Cache { url, msg } => Error::Cache {
+                url: url.clone(),
+                msg: msg.clone(),
+            },
+            Error::Integrity(m) => Error::Integrity(m.clone()),
+            Error::Input { path, msg } => Error::Input {
+                path: path.clone(),
+                msg: msg.clone(),
+            },
+            Error::Usage(m) => Error::Usage(m.clone()),
+            Error::Verify(m) => Error::Verify(m.clone()),
+            Error::Other(e) => Error::Other(anyhow::anyhow!("{e:#}")),
+        }
+    }
+
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Store(_) => exit::STORE,

@@ -22,7 +22,7 @@ use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
-use reqwest::blocking::RequestBuilder;
+use reqwest::blocking::{RequestBuilder, Response};
 use serde_json::{json, Value};
 
 use super::{Backend, Found, Produce, SaveOutcome};
@@ -290,6 +290,17 @@ impl GithubBackend {
             .header("Accept", "application/json;api-version=6.0-preview.1")
     }
 
+    /// A JSON POST to the v1 API; any answer but a transient failure comes
+    /// back for the caller to judge.
+    fn v1_post(&self, what: &str, url: &str, body: &Value) -> Result<Response> {
+        let body = body.to_string();
+        self.net.send("POST", what, body.len() as u64, |c| {
+            self.v1(c.post(url))
+                .header("Content-Type", "application/json")
+                .body(body.clone())
+        })
+    }
+
     fn v1_lookup(&self, key: &str, prefixes: &[String]) -> Result<Option<Found>> {
         let mut keys = vec![key.to_string()];
         keys.extend(prefixes.iter().cloned());
@@ -325,15 +336,8 @@ impl GithubBackend {
     }
 
     fn v1_save(&self, key: &str, produce: Produce<'_>) -> Result<SaveOutcome> {
-        let body = json!({"key": key, "version": self.version}).to_string();
-        let url = self.v1_url("caches");
-        let r = self
-            .net
-            .send("POST", "cache reserve", body.len() as u64, |c| {
-                self.v1(c.post(&url))
-                    .header("Content-Type", "application/json")
-                    .body(body.clone())
-            })?;
+        let body = json!({"key": key, "version": self.version});
+        let r = self.v1_post("cache reserve", &self.v1_url("caches"), &body)?;
         if matches!(r.status().as_u16(), 409 | 400) {
             let t = r.text().unwrap_or_default();
             tracing::info!("{}: {key} not reserved: {}", self.name(), snippet(&t));
@@ -370,14 +374,7 @@ impl GithubBackend {
         let mut up = ChunkedUpload::new(transfer::chunk_size(), PARALLEL, put);
         produce(&mut up)?;
         let (size, _) = up.finish()?;
-        let body = json!({"size": size}).to_string();
-        let r = self
-            .net
-            .send("POST", "cache commit", body.len() as u64, |c| {
-                self.v1(c.post(&chunk_url))
-                    .header("Content-Type", "application/json")
-                    .body(body.clone())
-            })?;
+        let r = self.v1_post("cache commit", &chunk_url, &json!({"size": size}))?;
         self.net.check("POST", "cache commit", r)?;
         Ok(SaveOutcome::Saved { bytes: size })
     }

@@ -11,10 +11,6 @@ use nixdelta::error::Result;
 
 use super::{escape_data, Frontend, Inputs, Source, Step};
 
-/// The environment variable of the action's `secret-key` input (the
-/// runner upper-cases input names and keeps the dash).
-pub const SECRET_KEY_INPUT: &str = "INPUT_SECRET-KEY";
-
 pub struct GitHub;
 
 /// State name under which `start` leaves the state directory.

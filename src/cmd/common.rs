@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-pub use nixdelta::job::keys::{load_secret_key, load_trusted_keys};
 use nixdelta::pipeline::upload::UploadOptions;
 
 #[derive(clap::Args, Clone, Debug)]

@@ -6,7 +6,8 @@ use nixdelta::nix::StorePath;
 use nixdelta::pipeline::{push, summary};
 use nixdelta::store::Store;
 
-use super::common::{load_secret_key, upload_options, PushArgs};
+use super::common::{upload_options, PushArgs};
+use nixdelta::job::keys::load_secret_key;
 
 pub fn push_cmd(store: &Store, args: &PushArgs, paths: &[String]) -> Result<i32> {
     let key = load_secret_key(args.upload.secret_key_file.as_deref())?;

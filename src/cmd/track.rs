@@ -201,13 +201,18 @@ fn report(out: &mut dyn Write, json: bool) -> Report<'_> {
     }
 }
 
+/// The archive restore's table, when there was one.
+fn summarise_start(started: &job::Started) {
+    if let Some((facts, r)) = &started.archive {
+        ci::frontend().summary(&restore_table(facts, r.as_ref()).markdown());
+    }
+}
+
 pub fn start(store_root: Option<&Path>, args: &StartArgs) -> Result<i32> {
     let cfg = start_config(store_root, &args.archive, args.strict)?;
     let mut err = std::io::stderr();
     let started = job::start(&cfg, &report(&mut err, false))?;
-    if let Some((facts, r)) = &started.archive {
-        ci::frontend().summary(&restore_table(facts, r.as_ref()).markdown());
-    }
+    summarise_start(&started);
     let dir = args.state.dir();
     started.state.save(&dir)?;
     ci::frontend().save_state(ci::github::STATE_DIR, &dir.to_string_lossy());
@@ -295,9 +300,7 @@ pub fn run(
     let mut err = std::io::stderr();
     let st = match job::start(&cfg, &report(&mut err, false)) {
         Ok(started) => {
-            if let Some((facts, r)) = &started.archive {
-                ci::frontend().summary(&restore_table(facts, r.as_ref()).markdown());
-            }
+            summarise_start(&started);
             Some(started.state)
         }
         Err(e) if args.strict || matches!(e, Error::Usage(_)) => return Err(e),
@@ -323,10 +326,6 @@ pub fn run(
     }
 }
 
-/// Environment variables holding the signing key, which the build has no
-/// use for: ours, and the GitHub input it may come from.
-const SECRET_VARS: &[&str] = &["NIXDELTA_SECRET_KEY", ci::github::SECRET_KEY_INPUT];
-
 fn run_command(command: &[String]) -> Result<i32> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
     let (program, rest) = command
@@ -336,12 +335,13 @@ fn run_command(command: &[String]) -> Result<i32> {
     // starts is queued and forwarded rather than killing us.
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT])
         .map_err(|e| Error::Other(e.into()))?;
-    let mut child = std::process::Command::new(program);
-    child.args(rest);
-    for var in SECRET_VARS {
-        child.env_remove(var);
-    }
-    let child = child.spawn();
+    // The build has no use for the signing key: ours, and the GitHub
+    // action's input it may come from.
+    let child = std::process::Command::new(program)
+        .args(rest)
+        .env_remove("NIXDELTA_SECRET_KEY")
+        .env_remove(ci::github::input_var("secret-key"))
+        .spawn();
     // As a shell does: 127 when the command is not found, 126 when it
     // cannot be executed. The job still finishes (nothing new to push).
     let mut child = match child {

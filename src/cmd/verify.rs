@@ -1,9 +1,9 @@
 //! `nixdelta verify --cache URL`: lists every fault of a binary cache and
 //! exits 9 when there is any.
 
-use super::common::load_trusted_keys;
 use nixdelta::cache;
 use nixdelta::error::{exit, Error, Result};
+use nixdelta::job::keys::load_trusted_keys;
 use nixdelta::pipeline::verify::{verify, VerifyOptions};
 
 #[derive(clap::Args, Clone, Debug)]

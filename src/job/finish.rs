@@ -42,8 +42,8 @@ struct Prepared {
     store: Store,
     /// Paths realised since the snapshot.
     new: Vec<PathInfo>,
-    /// Those plus the paths the archive restore added.
-    candidates: Vec<PathInfo>,
+    /// Those plus the paths the archive restore added, when it added any.
+    with_restored: Option<Vec<PathInfo>>,
     /// The filters of the candidates (repository source scanned once).
     filters: Filters,
 }
@@ -57,17 +57,26 @@ fn prepare(cfg: &JobConfig, st: &State, facts: Option<&ArchiveFacts>) -> Result<
         new.len(),
         t.elapsed().as_secs_f64() * 1e3
     );
-    let candidates = match facts.and_then(|f| f.base.as_deref()) {
-        Some(base) => diff::diff(&store, base)?,
-        None => new.clone(),
+    let with_restored = match facts.and_then(|f| f.base.as_deref()) {
+        Some(base) => Some(diff::diff(&store, base)?),
+        None => None,
     };
-    let filters = cfg.filters.filters(&store, &candidates)?;
+    let filters = cfg
+        .filters
+        .filters(&store, with_restored.as_deref().unwrap_or(&new))?;
     Ok(Prepared {
         store,
         new,
-        candidates,
+        with_restored,
         filters,
     })
+}
+
+impl Prepared {
+    /// What an archive saved now holds: the restored and the new paths.
+    fn candidates(&self) -> &[PathInfo] {
+        self.with_restored.as_deref().unwrap_or(&self.new)
+    }
 }
 
 /// The facts of the archive to save: `start`'s, or (when `start` had no
@@ -98,9 +107,11 @@ pub fn finish(cfg: &JobConfig, st: &State, obs: &dyn Observer) -> Result<Finishe
         faults: Vec::new(),
     };
     let prepared = prepare(cfg, st, facts.as_ref());
-    let key = cfg.key.compute();
+    // Needed by the warm manifest and a save without start's key, if at all.
+    let key = std::cell::OnceCell::new();
+    let key = || key.get_or_init(|| cfg.key.compute());
     let pushed = grouped(obs, "nixdelta: push to the binary cache", || {
-        let p = prepared.as_ref().map_err(again)?;
+        let p = prepared.as_ref().map_err(Error::again)?;
         // The push sees only this job's paths' sources, not restored ones.
         let mut filters = p.filters.clone();
         filters
@@ -108,10 +119,14 @@ pub fn finish(cfg: &JobConfig, st: &State, obs: &dyn Observer) -> Result<Finishe
             .retain(|s| p.new.iter().any(|i| i.path == *s));
         let (pushed, target) = push(cfg, &p.store, p.new.clone(), &filters, obs)?;
         let mut warm_error = None;
-        if let (None, Some(t), Some(plan), Some(report), Ok(k)) =
-            (&pushed.error, &target, &pushed.plan, &pushed.report, &key)
-        {
-            if cfg.warm.write_manifest {
+        if let (None, Some(t), Some(plan), Some(report), true) = (
+            &pushed.error,
+            &target,
+            &pushed.plan,
+            &pushed.report,
+            cfg.warm.write_manifest,
+        ) {
+            if let Ok(k) = key() {
                 let r = warm::write(&p.store, k, t.cache.as_ref(), &t.key, plan, report, obs);
                 warm_error = r.err();
             }
@@ -138,10 +153,10 @@ pub fn finish(cfg: &JobConfig, st: &State, obs: &dyn Observer) -> Result<Finishe
         return Ok(done);
     };
     let saved = grouped(obs, "nixdelta: save the store archive", || {
-        let p = prepared.as_ref().map_err(again)?;
+        let p = prepared.as_ref().map_err(Error::again)?;
         let key = match &facts.key {
             Some(k) => k.clone(),
-            None => key.as_ref().map_err(again)?.key.clone(),
+            None => key().as_ref().map_err(Error::again)?.key.clone(),
         };
         let mut facts = facts.clone();
         facts.key = Some(key.clone());
@@ -149,7 +164,7 @@ pub fn finish(cfg: &JobConfig, st: &State, obs: &dyn Observer) -> Result<Finishe
             facts,
             key,
             new: &p.new,
-            candidates: &p.candidates,
+            candidates: p.candidates(),
             filters: &p.filters,
         };
         save(cfg, &p.store, input, obs)
@@ -160,30 +175,6 @@ pub fn finish(cfg: &JobConfig, st: &State, obs: &dyn Observer) -> Result<Finishe
         Err(e) => done.faults.push((Step::Save, e)),
     }
     Ok(done)
-}
-
-/// The same error once more (a failed preparation fails both steps).
-fn again(e: &Error) -> Error {
-    match e {
-        Error::Store(m) => Error::Store(m.clone()),
-        Error::Path(m) => Error::Path(m.clone()),
-        Error::Key { path, msg } => Error::Key {
-            path: path.clone(),
-            msg: msg.clone(),
-        },
-        Error::Cache { url, msg } => Error::Cache {
-            url: url.clone(),
-            msg: msg.clone(),
-        },
-        Error::Integrity(m) => Error::Integrity(m.clone()),
-        Error::Input { path, msg } => Error::Input {
-            path: path.clone(),
-            msg: msg.clone(),
-        },
-        Error::Usage(m) => Error::Usage(m.clone()),
-        Error::Verify(m) => Error::Verify(m.clone()),
-        Error::Other(e) => Error::Other(anyhow::anyhow!("{e:#}")),
-    }
 }
 
 /// A diff against another store's snapshot would list nearly every path

@@ -9,6 +9,7 @@ use crate::pipeline::summary::mb;
 use crate::store::Store;
 
 use super::config::JobConfig;
+use super::key::CacheKey;
 use super::observer::{grouped, Observer};
 use super::state::{ArchiveFacts, Restored};
 use super::{save::grown_prefix, warm};
@@ -26,9 +27,12 @@ pub struct Started {
 /// either way.
 pub fn start(cfg: &JobConfig, obs: &dyn Observer) -> Result<Started> {
     let root = cfg.store_root.as_deref();
+    // One key for the warm start and the archive, computed once.
+    let key = std::cell::OnceCell::new();
+    let key = || key.get_or_init(|| cfg.key.compute());
     if let Some(url) = &cfg.warm.restore_from {
         let warmed = grouped(obs, "nixdelta: warm start from the binary cache", || {
-            warm::restore(cfg, url, obs)
+            warm::restore(cfg, key(), url, obs)
         });
         match warmed {
             Ok(()) => {}
@@ -52,7 +56,7 @@ pub fn start(cfg: &JobConfig, obs: &dyn Observer) -> Result<Started> {
         ..Default::default()
     };
     let restored = grouped(obs, "nixdelta: restore the store archive", || {
-        restore_archive(cfg, backend, &mut facts, obs)
+        restore_archive(cfg, key(), backend, &mut facts, obs)
     });
     let report = match restored {
         Ok(r) => Some(r),
@@ -79,13 +83,14 @@ pub fn start(cfg: &JobConfig, obs: &dyn Observer) -> Result<Started> {
 
 fn restore_archive(
     cfg: &JobConfig,
+    k: &Result<CacheKey>,
     spec: &str,
     facts: &mut ArchiveFacts,
     obs: &dyn Observer,
 ) -> Result<RestoreReport> {
     let root = cfg.store_root.as_deref();
     let backend = archive::open(spec, cfg.archive.read_only)?;
-    let k = cfg.key.compute()?;
+    let k = k.as_ref().map_err(Error::again)?;
     for n in &k.notes {
         tracing::info!("{n}");
     }

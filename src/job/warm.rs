@@ -18,8 +18,8 @@ use super::key::CacheKey;
 use super::keys::load_trusted_keys;
 use super::observer::Observer;
 
-/// Reads the manifest for this job's key and substitutes its paths.
-pub fn restore(cfg: &JobConfig, url: &str, obs: &dyn Observer) -> Result<()> {
+/// Reads the manifest for this job's key `k` and substitutes its paths.
+pub fn restore(cfg: &JobConfig, k: &Result<CacheKey>, url: &str, obs: &dyn Observer) -> Result<()> {
     let t = Instant::now();
     let root = cfg.store_root.as_deref();
     let keys = load_trusted_keys(&cfg.warm.trusted_public_keys)?;
@@ -28,7 +28,7 @@ pub fn restore(cfg: &JobConfig, url: &str, obs: &dyn Observer) -> Result<()> {
             "--restore-from-cache needs --trusted-public-key".into(),
         ));
     }
-    let k = cfg.key.compute()?;
+    let k = k.as_ref().map_err(Error::again)?;
     let cache = cache::open_read_only(url)?;
     let Some((name, manifest)) = warm::read(cache.as_ref(), &k.key, &k.restore_prefixes, &keys)?
     else {
