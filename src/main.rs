@@ -203,6 +203,8 @@ store archive saved on a key miss or a partial hit.",
         args: cmd::track::FinishArgs,
         #[command(flatten)]
         archive: cmd::track::ArchiveArgs,
+        #[command(flatten)]
+        configure: cmd::track::ConfigureArgs,
         /// The command and its arguments, after `--`.
         #[arg(last = true, required = true, value_name = "COMMAND")]
         command: Vec<String>,
@@ -351,9 +353,10 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Run {
             args,
             archive,
+            configure,
             command,
             ..
-        } => cmd::track::run(store_root, &args, &archive, &command),
+        } => cmd::track::run(store_root, &args, &archive, &configure, &command),
         Command::Archive { cmd, .. } => cmd::archive::run(store_root, cmd),
         Command::Verify { args, .. } => cmd::verify::verify_cmd(&args),
         Command::Nar { path } => {

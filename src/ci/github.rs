@@ -68,6 +68,7 @@ impl Frontend for GitHub {
         let src = InputEnv(env);
         let mut i = Inputs::read(&src)?;
         i.secret_key = env(&input_var("secret-key")).map(nixdelta::secret::Secret::new);
+        i.cache_token = env(&input_var("cache-token")).map(nixdelta::secret::Secret::new);
         i.fork_pr = fork_pr(env);
         if step == Step::Finish {
             i.state_dir = env(&format!("STATE_{STATE_DIR}")).map(PathBuf::from);
@@ -117,6 +118,16 @@ impl Frontend for GitHub {
         std::env::var(format!("STATE_{name}"))
             .ok()
             .filter(|v| !v.is_empty())
+    }
+
+    /// Later steps get it through `$GITHUB_ENV`.
+    fn export_env(&self, name: &str, value: &str) -> Result<bool> {
+        let Some(file) = std::env::var_os("GITHUB_ENV").filter(|f| !f.is_empty()) else {
+            return Ok(false);
+        };
+        let entry = nixdelta::pipeline::read_side::github_env_entry(name, value);
+        super::append_line(Path::new(&file), &entry)?;
+        Ok(true)
     }
 
     fn summary(&self, markdown: &str) {

@@ -15,14 +15,15 @@
 pub mod buildkite;
 pub mod github;
 pub mod gitlab;
+pub mod inputs;
+
+pub use inputs::{split_lines, Inputs, Source};
 
 use std::ffi::OsString;
 use std::fmt::Write as _;
-use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use nixdelta::error::{Error, Result};
-use nixdelta::secret::Secret;
 
 /// `--ci` / `$NIXDELTA_CI`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -62,192 +63,6 @@ pub enum Step {
     Start,
     Finish,
     Run,
-}
-
-/// The options every front end offers (kebab-case names in each CI's
-/// configuration: `binary-cache`, `secret-key`, `archive`, ...).
-/// `Debug` shows no secret: the key is a [`Secret`].
-#[derive(Debug, Default)]
-pub struct Inputs {
-    pub binary_cache: Option<String>,
-    /// Key content (GitHub's `secret-key`, Buildkite's `secret-key-env`).
-    pub secret_key: Option<Secret<String>>,
-    pub secret_key_file: Option<String>,
-    pub archive: Option<String>,
-    pub key_files: Vec<String>,
-    pub restore_prefixes: Vec<String>,
-    pub exclude: Vec<String>,
-    pub include_drv: bool,
-    pub upstream: Option<String>,
-    pub strict: bool,
-    pub max_archive_size: Option<String>,
-    pub jobs: Option<String>,
-    pub read_only: bool,
-    /// Where start leaves its state for finish (per job).
-    pub state_dir: Option<PathBuf>,
-    /// A pull request from a fork: no secrets, so restore only.
-    pub fork_pr: bool,
-    /// Said once the options are settled (e.g. why nothing is pushed).
-    pub notices: Vec<String>,
-}
-
-/// How a CI hands over one named option.
-pub trait Source {
-    /// A single value; `None` when unset or empty.
-    fn get(&self, name: &str) -> Option<String>;
-    /// A list: by default one value split on new lines.
-    fn list(&self, name: &str) -> Vec<String> {
-        self.get(name).map(|v| split_lines(&v)).unwrap_or_default()
-    }
-}
-
-/// Non-empty trimmed lines.
-pub fn split_lines(v: &str) -> Vec<String> {
-    v.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(String::from)
-        .collect()
-}
-
-/// Lines, each also split on commas and blanks (for file names and key
-/// prefixes, which have neither).
-pub fn split_words(items: Vec<String>) -> Vec<String> {
-    items
-        .iter()
-        .flat_map(|l| l.split([',', ' ', '\t']))
-        .map(str::trim)
-        .filter(|w| !w.is_empty())
-        .map(String::from)
-        .collect()
-}
-
-/// `true`/`false` as YAML and the CIs spell them.
-pub fn parse_bool(name: &str, v: Option<String>) -> Result<bool> {
-    let Some(v) = v else { return Ok(false) };
-    match v.trim().to_ascii_lowercase().as_str() {
-        "true" | "yes" | "on" | "1" => Ok(true),
-        "false" | "no" | "off" | "0" | "" => Ok(false),
-        other => Err(Error::Usage(format!(
-            "input {name}: expected true or false, got {other:?}"
-        ))),
-    }
-}
-
-impl Inputs {
-    /// The options common to every CI, read from `src`. The secret key
-    /// content, if any, is the caller's (it differs per CI).
-    pub fn read(src: &dyn Source) -> Result<Inputs> {
-        let archive = src.get("archive").filter(|a| a != "none");
-        Ok(Inputs {
-            binary_cache: src.get("binary-cache"),
-            secret_key: None,
-            secret_key_file: src.get("secret-key-file"),
-            archive,
-            key_files: split_words(src.list("key-files")),
-            restore_prefixes: split_words(src.list("restore-prefixes")),
-            exclude: src.list("exclude"),
-            include_drv: parse_bool("include-drv", src.get("include-drv"))?,
-            upstream: src.get("upstream"),
-            strict: parse_bool("strict", src.get("strict"))?,
-            max_archive_size: src.get("max-archive-size"),
-            jobs: src.get("jobs"),
-            read_only: parse_bool("read-only", src.get("read-only"))?,
-            state_dir: None,
-            fork_pr: false,
-            notices: vec![],
-        })
-    }
-
-    /// Settles what cannot be done: with no signing key anywhere, nothing
-    /// is pushed (said as a notice; `strict` keeps the option so that the
-    /// missing key is an error), and a fork's pull request restores only.
-    pub fn settle(&mut self, env_has_key: bool) {
-        let has_key = self.secret_key.is_some() || self.secret_key_file.is_some() || env_has_key;
-        if has_key {
-            return;
-        }
-        if self.fork_pr {
-            self.read_only = true;
-            if self.archive.is_some() {
-                self.notices.push(
-                    "pull request from a fork: the store archive is restored read-only".into(),
-                );
-            }
-        }
-        if self.binary_cache.is_some() && !self.strict {
-            self.binary_cache = None;
-            self.notices.push(if self.fork_pr {
-                "pull request from a fork has no secrets: nothing is pushed to the binary cache"
-                    .into()
-            } else {
-                "no signing key (secret-key, secret-key-file or $NIXDELTA_SECRET_KEY): nothing is pushed to the binary cache".into()
-            });
-        }
-    }
-
-    /// Command line options for `step`, leaving out those `given` already.
-    pub fn args(&self, step: Step, given: &[OsString]) -> Vec<OsString> {
-        let mut out: Vec<OsString> = Vec::new();
-        let has = |flag: &str| {
-            given.iter().any(|a| {
-                a.to_str()
-                    .is_some_and(|s| s == flag || s.starts_with(&format!("{flag}=")))
-            })
-        };
-        let one = |out: &mut Vec<OsString>, flag: &str, v: Option<&str>| {
-            if let Some(v) = v {
-                if !has(flag) {
-                    // One argument: a value may start with `-`.
-                    out.push(format!("{flag}={v}").into());
-                }
-            }
-        };
-        let many = |out: &mut Vec<OsString>, flag: &str, vs: &[String]| {
-            if !has(flag) {
-                for v in vs {
-                    out.push(format!("{flag}={v}").into());
-                }
-            }
-        };
-        let switch = |out: &mut Vec<OsString>, flag: &str, on: bool| {
-            if on && !has(flag) {
-                out.push(flag.into());
-            }
-        };
-        // Archive options: every step.
-        one(&mut out, "--archive", self.archive.as_deref());
-        many(&mut out, "--key-file", &self.key_files);
-        many(&mut out, "--restore-prefix", &self.restore_prefixes);
-        one(
-            &mut out,
-            "--max-archive-size",
-            self.max_archive_size.as_deref(),
-        );
-        switch(&mut out, "--read-only", self.read_only);
-        switch(&mut out, "--strict", self.strict);
-        if step != Step::Run {
-            let dir = self
-                .state_dir
-                .as_ref()
-                .map(|d| d.to_string_lossy().into_owned());
-            one(&mut out, "--state-dir", dir.as_deref());
-        }
-        if step == Step::Start {
-            return out;
-        }
-        one(&mut out, "--to", self.binary_cache.as_deref());
-        one(
-            &mut out,
-            "--secret-key-file",
-            self.secret_key_file.as_deref(),
-        );
-        many(&mut out, "--exclude", &self.exclude);
-        switch(&mut out, "--include-drv", self.include_drv);
-        one(&mut out, "--upstream", self.upstream.as_deref());
-        one(&mut out, "--jobs", self.jobs.as_deref());
-        out
-    }
 }
 
 // ------------------------------------------------------------- front end
@@ -290,6 +105,34 @@ pub trait Frontend: Send + Sync {
     fn summary(&self, markdown: &str) {
         let _ = markdown;
     }
+    /// Sets `name=value` for the rest of the job. By default as shell
+    /// `export` lines appended to `$NIXDELTA_ENV_FILE`, which the Buildkite
+    /// hook and the GitLab template source after `start`. False when
+    /// there is no way to (a plain command line without that file).
+    fn export_env(&self, name: &str, value: &str) -> Result<bool> {
+        let Some(file) = std::env::var_os("NIXDELTA_ENV_FILE").filter(|f| !f.is_empty()) else {
+            return Ok(false);
+        };
+        append_line(
+            std::path::Path::new(&file),
+            &nixdelta::pipeline::read_side::shell_export(name, value),
+        )?;
+        Ok(true)
+    }
+}
+
+/// Appends `text` to `file` (an environment file a CI reads back).
+pub fn append_line(file: &std::path::Path, text: &str) -> Result<()> {
+    use std::io::Write as _;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .map_err(|e| Error::Input {
+            path: file.to_path_buf(),
+            msg: format!("cannot write the job's environment: {e}"),
+        })
 }
 
 /// The plain command line.
@@ -344,6 +187,10 @@ pub fn init(kind: Kind, step: Option<Step>, argv: Vec<OsString>) -> Result<Vec<O
         mask_key(fe.as_ref(), key);
         // Single-threaded here (see above); the key stays in this process.
         std::env::set_var("NIXDELTA_SECRET_KEY", key.as_str());
+    }
+    if let Some(token) = &inputs.cache_token {
+        fe.mask(token.expose().trim());
+        std::env::set_var(nixdelta::cache::http::TOKEN_ENV, token.expose().trim());
     }
     inputs.settle(env_var("NIXDELTA_SECRET_KEY").is_some());
     let _ = FRONTEND.set(fe);
@@ -448,10 +295,6 @@ mod tests {
     use super::test_env::Map;
     use super::*;
 
-    fn strs(v: &[OsString]) -> Vec<String> {
-        v.iter().map(|s| s.to_string_lossy().into_owned()).collect()
-    }
-
     #[test]
     fn auto_detects_the_ci() {
         let m = Map::of(&[("BUILDKITE", "true")]);
@@ -463,88 +306,9 @@ mod tests {
     }
 
     #[test]
-    fn inputs_become_options_per_step() {
-        let mut i = Inputs {
-            binary_cache: Some("file:///c".into()),
-            archive: Some("dir:/a".into()),
-            key_files: vec!["flake.lock".into(), "x/*.nix".into()],
-            exclude: vec!["-source$".into()],
-            strict: true,
-            include_drv: true,
-            state_dir: Some("/tmp/s".into()),
-            ..Default::default()
-        };
-        let start = strs(&i.args(Step::Start, &[]));
-        assert_eq!(
-            start,
-            [
-                "--archive=dir:/a",
-                "--key-file=flake.lock",
-                "--key-file=x/*.nix",
-                "--strict",
-                "--state-dir=/tmp/s"
-            ]
-        );
-        let finish = strs(&i.args(Step::Finish, &["--to=file:///mine".into()]));
-        assert!(
-            !finish.iter().any(|a| a.starts_with("--to")),
-            "given: {finish:?}"
-        );
-        assert!(finish.contains(&"--include-drv".to_string()));
-        assert!(finish.contains(&"--exclude=-source$".to_string()));
-        i.state_dir = None;
-        let run = strs(&i.args(Step::Run, &[]));
-        assert!(run.contains(&"--to=file:///c".to_string()));
-        assert!(!run.iter().any(|a| a.starts_with("--state-dir")));
-    }
-
-    #[test]
-    fn no_key_means_no_push_and_forks_restore_only() {
-        let mut i = Inputs {
-            binary_cache: Some("file:///c".into()),
-            archive: Some("github".into()),
-            fork_pr: true,
-            ..Default::default()
-        };
-        i.settle(false);
-        assert!(i.binary_cache.is_none());
-        assert!(i.read_only);
-        assert_eq!(i.notices.len(), 2, "{:?}", i.notices);
-        let mut j = Inputs {
-            binary_cache: Some("file:///c".into()),
-            fork_pr: true,
-            ..Default::default()
-        };
-        j.settle(true);
-        assert!(j.binary_cache.is_some() && !j.read_only);
-        let mut k = Inputs {
-            binary_cache: Some("file:///c".into()),
-            strict: true,
-            ..Default::default()
-        };
-        k.settle(false);
-        assert!(
-            k.binary_cache.is_some(),
-            "strict: the missing key is an error later"
-        );
-    }
-
-    #[test]
-    fn booleans_and_lists() {
-        assert!(parse_bool("x", Some("True".into())).unwrap());
-        assert!(!parse_bool("x", None).unwrap());
-        assert!(parse_bool("x", Some("maybe".into())).is_err());
-        assert_eq!(
-            split_words(vec!["a.lock, b.lock".into(), "c".into()]),
-            ["a.lock", "b.lock", "c"]
-        );
-        assert_eq!(split_lines(" a \n\n b{1,2}\n"), ["a", "b{1,2}"]);
-    }
-
-    #[test]
     fn secrets_are_redacted_in_debug() {
         let i = Inputs {
-            secret_key: Some(Secret::new("k-1:c2VjcmV0".into())),
+            secret_key: Some(nixdelta::secret::Secret::new("k-1:c2VjcmV0".into())),
             ..Default::default()
         };
         let d = format!("{i:?}");

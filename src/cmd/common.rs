@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use nixdelta::job::ReadConfig;
 use nixdelta::pipeline::upload::UploadOptions;
 
 #[derive(clap::Args, Clone, Debug)]
@@ -26,6 +27,37 @@ pub struct UploadArgs {
     /// zstd level (Nix uses 3).
     #[arg(long, value_name = "L", default_value_t = 3)]
     pub compression_level: i32,
+}
+
+/// How the job's Nix reads the binary cache (the read side).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct ReadArgs {
+    /// The URL Nix reads the cache from, when not `--to` (e.g. an S3
+    /// bucket's public HTTPS URL).
+    #[arg(long, value_name = "URL", env = "NIXDELTA_READ_URL")]
+    pub read_url: Option<String>,
+    /// The cache's public key (`name:base64`, or a file); default: derived
+    /// from the signing key.
+    #[arg(long, value_name = "KEY", env = "NIXDELTA_PUBLIC_KEY")]
+    pub public_key: Option<String>,
+    /// Another binary cache the job's Nix reads (repeatable).
+    #[arg(long = "extra-substituter", value_name = "URL")]
+    pub extra_substituters: Vec<String>,
+    /// A key the extra caches sign with (`name:base64` or a file; repeatable).
+    #[arg(long = "extra-trusted-public-key", value_name = "KEY")]
+    pub extra_public_keys: Vec<String>,
+}
+
+impl ReadArgs {
+    pub fn config(&self, configure: bool) -> ReadConfig {
+        ReadConfig {
+            configure,
+            read_url: self.read_url.clone(),
+            public_key: self.public_key.clone(),
+            extra_substituters: self.extra_substituters.clone(),
+            extra_public_keys: self.extra_public_keys.clone(),
+        }
+    }
 }
 
 /// The URL forms every option naming a binary cache takes, for `--help`

@@ -1,12 +1,13 @@
 //! `nixdelta configure`: the Nix settings that make this job's Nix read the
-//! binary cache (see [`nixdelta::pipeline::read_side`]), printed or written.
+//! binary cache (see [`nixdelta::job::read`]), printed or written.
 
 use std::io::Write;
 use std::path::PathBuf;
 
 use nixdelta::error::{exit, Error, Result};
-use nixdelta::job::keys::{load_public_key, load_secret_key};
-use nixdelta::pipeline::read_side::read_side;
+use nixdelta::job::{self, JobConfig, PushConfig};
+
+use super::common::ReadArgs;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -22,15 +23,10 @@ pub enum Format {
 pub struct ConfigureArgs {
     /// The binary cache the job pushes to.
     #[arg(long, value_name = "URL")]
-    pub to: String,
-    /// The URL Nix reads the cache from, when not `--to` (e.g. an S3
-    /// bucket's public HTTPS URL).
-    #[arg(long, value_name = "URL")]
-    pub read_url: Option<String>,
-    /// The cache's public key (`name:base64`, or a file); default: derived
-    /// from the signing key (--secret-key-file or $NIXDELTA_SECRET_KEY).
-    #[arg(long, value_name = "KEY", env = "NIXDELTA_PUBLIC_KEY")]
-    pub public_key: Option<String>,
+    pub to: Option<String>,
+    #[command(flatten)]
+    pub read: ReadArgs,
+    /// The signing key the public key is derived from (or $NIXDELTA_SECRET_KEY).
     #[arg(long, value_name = "FILE")]
     pub secret_key_file: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "nix-conf")]
@@ -41,21 +37,39 @@ pub struct ConfigureArgs {
     pub output: Option<PathBuf>,
 }
 
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
 pub fn configure(args: &ConfigureArgs) -> Result<i32> {
-    // Only ever the public half: the secret key stays where it is.
-    let key = match &args.public_key {
-        Some(k) => load_public_key("--public-key", k)?,
-        None => load_secret_key(args.secret_key_file.as_deref())?.public_key(),
+    let cfg = JobConfig {
+        push: PushConfig {
+            to: args.to.clone(),
+            secret_key_file: args.secret_key_file.clone(),
+            ..Default::default()
+        },
+        read: args.read.config(true),
+        ..Default::default()
     };
-    let side = read_side(&args.to, args.read_url.as_deref(), key)?;
-    for n in &side.notes {
-        eprintln!("nixdelta: note: {n}");
+    let Some(side) = job::read::plan(&cfg, &env_var)? else {
+        return Err(Error::Usage(
+            "configure: give --to or --extra-substituter".into(),
+        ));
+    };
+    for w in &side.warnings {
+        eprintln!("nixdelta: warning: {w}");
     }
-    let existing = std::env::var("NIX_CONFIG").ok();
+    if side.credentials.is_some() {
+        eprintln!(
+            "nixdelta: note: Nix reads the cache's credentials from its netrc-file, not the URL \
+             (`nixdelta start` writes one for the job)"
+        );
+    }
+    let existing = env_var("NIX_CONFIG");
     let text = match args.format {
-        Format::NixConf => side.nix_conf(),
-        Format::Env => side.env(existing.as_deref()),
-        Format::GithubEnv => side.github_env(existing.as_deref()),
+        Format::NixConf => side.nix_conf(None),
+        Format::Env => side.env(existing.as_deref(), None),
+        Format::GithubEnv => side.github_env(existing.as_deref(), None),
     };
     let Some(path) = &args.output else {
         print!("{text}");
@@ -74,9 +88,8 @@ pub fn configure(args: &ConfigureArgs) -> Result<i32> {
         })?;
     f.flush().ok();
     eprintln!(
-        "nixdelta: Nix reads {} (key {}) via {}",
-        side.substituter,
-        side.public_key.name(),
+        "nixdelta: Nix reads {} via {}",
+        side.substituters.join(" "),
         path.display()
     );
     Ok(exit::OK)

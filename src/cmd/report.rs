@@ -6,6 +6,7 @@ use std::io::Write;
 
 use nixdelta::archive::{RestoreReport, SaveOutcome, SaveReport};
 use nixdelta::error::Error;
+use nixdelta::job::read::Configured;
 use nixdelta::job::{ArchiveFacts, Finished, Observer, Restored, Step};
 use nixdelta::net::redact::redact_url;
 use nixdelta::pipeline::plan::{PushPlan, Skip};
@@ -68,6 +69,26 @@ fn print_plan(
     }
 }
 
+/// What later steps' Nix reads, and how it was told.
+pub fn read_table(c: &Configured, how: &str) -> Table {
+    let mut t = Table::new("nixdelta: later steps substitute from", ("", ""));
+    for s in &c.side.substituters {
+        t.row("substituter", format!("`{}`", redact_url(s)));
+    }
+    let names: Vec<&str> = c
+        .side
+        .public_keys
+        .iter()
+        .map(|k| k.split(':').next().unwrap_or(k))
+        .collect();
+    t.row("trusted keys", format!("`{}`", names.join(" ")));
+    if c.netrc_file.is_some() {
+        t.row("credentials", "netrc file (mode 0600, removed by finish)");
+    }
+    t.row("configured", how);
+    t
+}
+
 pub fn restore_table(facts: &ArchiveFacts, r: Option<&RestoreReport>) -> Table {
     let mut t = Table::new("nixdelta: store archive restore", ("", ""));
     t.row("backend", format!("`{}`", facts.backend));
@@ -113,7 +134,14 @@ fn push_table(p: &Pushed) -> Table {
     let mut t = Table::new(&title, ("", "paths"));
     let Some(plan) = &p.plan else {
         t.row("new paths", p.new_paths.to_string());
-        t.row("pushed", "nothing: no binary cache given");
+        t.row(
+            "pushed",
+            if p.skipped {
+                "nothing: a pull-only job"
+            } else {
+                "nothing: no binary cache given"
+            },
+        );
         return t;
     };
     t.row("new paths considered", plan.considered.to_string());

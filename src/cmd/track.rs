@@ -10,11 +10,12 @@ use nixdelta::error::{exit, Error, Result};
 use nixdelta::job::{
     self, ArchiveConfig, FilterConfig, JobConfig, KeySpec, PushConfig, WarmConfig,
 };
+use nixdelta::pipeline::read_side::ReadSide;
 use nixdelta::pipeline::snapshot::State;
 use nixdelta::size::Size;
 
-use super::common::{upload_options, UploadArgs};
-use super::report::{finish_summary, restore_table, Report};
+use super::common::{upload_options, ReadArgs, UploadArgs};
+use super::report::{finish_summary, read_table, restore_table, Report};
 use crate::ci::{self, Kind};
 
 #[derive(clap::Args, Clone, Debug)]
@@ -79,12 +80,33 @@ pub struct ArchiveArgs {
     pub no_warm_manifest: bool,
 }
 
+/// The read side: what makes the rest of the job's Nix substitute from
+/// the binary cache (on by default when there is one).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct ConfigureArgs {
+    #[command(flatten)]
+    pub read: ReadArgs,
+    /// Do not configure the job's Nix to read the binary cache.
+    #[arg(long, env = "NIXDELTA_NO_CONFIGURE")]
+    pub no_configure: bool,
+}
+
 #[derive(clap::Args, Clone, Debug)]
 pub struct StartArgs {
     #[command(flatten)]
     pub state: StateArgs,
     #[command(flatten)]
     pub archive: ArchiveArgs,
+    /// The binary cache the job pushes to: the rest of the job's Nix
+    /// reads it (`extra-substituters`, its key trusted).
+    #[arg(long, value_name = "URL")]
+    pub to: Option<String>,
+    /// The signing key, whose public half Nix is told to trust (or
+    /// $NIXDELTA_SECRET_KEY; --public-key needs neither).
+    #[arg(long, value_name = "FILE")]
+    pub secret_key_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub configure: ConfigureArgs,
     /// Fail (non-zero exit) when the archive cannot be restored.
     #[arg(long, env = "NIXDELTA_STRICT")]
     pub strict: bool,
@@ -119,6 +141,9 @@ pub struct FinishArgs {
     /// Print the push plan and upload nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// A pull-only job (forks, release jobs): push nothing, and say so.
+    #[arg(long, env = "NIXDELTA_SKIP_PUSH")]
+    pub skip_push: bool,
     /// Print the plan (and report) as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -158,8 +183,21 @@ impl ArchiveArgs {
     }
 }
 
-/// The job `start` runs: the archive and warm-start options only.
-fn start_config(store_root: Option<&Path>, a: &ArchiveArgs, strict: bool) -> Result<JobConfig> {
+/// The job `start` runs: the archive, warm-start and read-side options.
+fn start_config(store_root: Option<&Path>, args: &StartArgs) -> Result<JobConfig> {
+    Ok(JobConfig {
+        push: PushConfig {
+            to: args.to.clone(),
+            secret_key_file: args.secret_key_file.clone(),
+            ..PushConfig::default()
+        },
+        read: args.configure.read.config(!args.configure.no_configure),
+        ..archive_config(store_root, &args.archive, args.strict)?
+    })
+}
+
+/// The archive and warm-start options of a job.
+fn archive_config(store_root: Option<&Path>, a: &ArchiveArgs, strict: bool) -> Result<JobConfig> {
     Ok(JobConfig {
         store_root: store_root.map(Path::to_path_buf),
         key: a.key(),
@@ -187,9 +225,53 @@ fn job_config(store_root: Option<&Path>, f: &FinishArgs, a: &ArchiveArgs) -> Res
             upstream_keys: f.upstream_key.clone(),
             upstream: f.upstream.clone(),
             dry_run: f.dry_run,
+            skip: f.skip_push,
         },
-        ..start_config(store_root, a, f.strict)?
+        ..archive_config(store_root, a, f.strict)?
     })
+}
+
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// Writes the read side into `dir`; with `export`, makes the rest of the
+/// job read it (through the CI). Returns the environment (for `run`'s
+/// command, which gets it directly).
+fn configure(side: ReadSide, dir: &Path, export: bool) -> Result<Vec<(String, String)>> {
+    let fe = ci::frontend();
+    for w in &side.warnings {
+        fe.warning(w);
+    }
+    let done = job::read::write(side, dir, &env_var)?;
+    for s in &done.secrets {
+        fe.mask(s.expose());
+    }
+    if !export {
+        fe.summary(&read_table(&done, "for the command (`NIX_USER_CONF_FILES`)").markdown());
+        return Ok(done.env);
+    }
+    let mut exported = true;
+    for (k, v) in &done.env {
+        exported &= fe.export_env(k, v)?;
+    }
+    let how = if exported {
+        "for the rest of the job (`NIX_USER_CONF_FILES`)"
+    } else {
+        "not exported: no CI to export it to (see the log)"
+    };
+    fe.summary(&read_table(&done, how).markdown());
+    if !exported {
+        eprintln!(
+            "nixdelta: for this shell's Nix to read the cache: export {}",
+            done.env
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
+    Ok(done.env)
 }
 
 /// A CI front end watching the job, printing the plan to `out`.
@@ -209,13 +291,18 @@ fn summarise_start(started: &job::Started) {
 }
 
 pub fn start(store_root: Option<&Path>, args: &StartArgs) -> Result<i32> {
-    let cfg = start_config(store_root, &args.archive, args.strict)?;
+    let cfg = start_config(store_root, args)?;
+    // Checked first: a bad key or URL fails before the restore.
+    let read = job::read::plan(&cfg, &env_var)?;
     let mut err = std::io::stderr();
     let started = job::start(&cfg, &report(&mut err, false))?;
     summarise_start(&started);
     let dir = args.state.dir();
     started.state.save(&dir)?;
     ci::frontend().save_state(ci::github::STATE_DIR, &dir.to_string_lossy());
+    if let Some(side) = read {
+        configure(side, &dir, true)?;
+    }
     match &started.state.snapshot {
         Some(s) => eprintln!(
             "nixdelta: snapshot at id {} ({} valid paths) in {}",
@@ -253,6 +340,7 @@ pub fn finish(
         Err(e) => return Err(e),
     };
     eprintln!("nixdelta: state of start from {}", dir.display());
+    unconfigure(&dir, args.dry_run);
     if !in_ci || args.json {
         let out = std::io::stdout();
         return finish_with(&cfg, &st, args.json, &mut out.lock());
@@ -265,6 +353,13 @@ pub fn finish(
         let _ = std::fs::remove_dir_all(&dir);
     }
     code
+}
+
+/// The job is over: its Nix configuration and netrc go.
+fn unconfigure(dir: &Path, dry_run: bool) {
+    if !dry_run {
+        job::read::remove(dir);
+    }
 }
 
 /// The job's finish, its summary, and the exit code (a cache fault fails
@@ -289,12 +384,17 @@ pub fn run(
     store_root: Option<&Path>,
     args: &FinishArgs,
     a: &ArchiveArgs,
+    c: &ConfigureArgs,
     command: &[String],
 ) -> Result<i32> {
     // Options are checked before the command runs (which may take an
     // hour): a bad regex, size, URL or key is reported now, not after it.
-    let cfg = job_config(store_root, args, a)?;
+    let cfg = JobConfig {
+        read: c.read.config(!c.no_configure),
+        ..job_config(store_root, args, a)?
+    };
     cfg.push.validate()?;
+    let read = job::read::plan(&cfg, &env_var)?;
     // The user's command runs even when nixdelta cannot take a snapshot
     // (unless --strict): a cache tool must not stop the build.
     let mut err = std::io::stderr();
@@ -311,7 +411,16 @@ pub fn run(
             None
         }
     };
-    let code = run_command(command)?;
+    // The command's Nix configuration lives as long as the run.
+    let conf_dir = tempfile::Builder::new()
+        .prefix("nixdelta-run-")
+        .tempdir()
+        .map_err(|e| Error::Other(e.into()))?;
+    let env = match read {
+        Some(side) => configure(side, conf_dir.path(), false)?,
+        None => Vec::new(),
+    };
+    let code = run_command(command, &env)?;
     let Some(st) = st else { return Ok(code) };
     if code != 0 {
         eprintln!("nixdelta: command exited with {code}; pushing what it realised anyway");
@@ -326,7 +435,7 @@ pub fn run(
     }
 }
 
-fn run_command(command: &[String]) -> Result<i32> {
+fn run_command(command: &[String], env: &[(String, String)]) -> Result<i32> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
     let (program, rest) = command
         .split_first()
@@ -340,7 +449,10 @@ fn run_command(command: &[String]) -> Result<i32> {
     let child = std::process::Command::new(program)
         .args(rest)
         .env_remove("NIXDELTA_SECRET_KEY")
+        .env_remove(nixdelta::cache::http::TOKEN_ENV)
         .env_remove(ci::github::input_var("secret-key"))
+        .env_remove(ci::github::input_var("cache-token"))
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .spawn();
     // As a shell does: 127 when the command is not found, 126 when it
     // cannot be executed. The job still finishes (nothing new to push).

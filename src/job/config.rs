@@ -23,6 +23,7 @@ pub struct JobConfig {
     pub warm: WarmConfig,
     pub filters: FilterConfig,
     pub push: PushConfig,
+    pub read: ReadConfig,
     /// Cache faults fail the job instead of warning.
     pub strict: bool,
 }
@@ -171,13 +172,15 @@ pub struct PushConfig {
     pub upstream: Option<String>,
     /// Plan only.
     pub dry_run: bool,
+    /// A pull-only job: the cache is read, nothing is pushed.
+    pub skip: bool,
 }
 
 impl PushConfig {
     /// What a push would refuse, checked before a user command runs: the
     /// URL and the signing key.
     pub fn validate(&self) -> Result<()> {
-        if let Some(to) = &self.to {
+        if let Some(to) = self.to.as_ref().filter(|_| !self.skip) {
             crate::cache::open(to)?;
             if !self.dry_run {
                 super::keys::load_secret_key(self.secret_key_file.as_deref())?;
@@ -185,4 +188,20 @@ impl PushConfig {
         }
         Ok(())
     }
+}
+
+/// How `start` makes the job's Nix read the binary cache (the read side).
+#[derive(Clone, Debug, Default)]
+pub struct ReadConfig {
+    /// Configure Nix to read the cache (`--no-configure` turns it off).
+    pub configure: bool,
+    /// The URL Nix reads the cache from, when not the push URL.
+    pub read_url: Option<String>,
+    /// The cache's public key (`name:base64` or a file); default: the
+    /// public half of the signing key.
+    pub public_key: Option<String>,
+    /// Other caches the job reads (`extra-pull-substituters`).
+    pub extra_substituters: Vec<String>,
+    /// Their keys (`name:base64` or files).
+    pub extra_public_keys: Vec<String>,
 }

@@ -11,12 +11,15 @@ pub mod key;
 pub mod keys;
 pub mod observer;
 pub mod push;
+pub mod read;
 pub mod restore;
 pub mod save;
 pub mod state;
 pub mod warm;
 
-pub use config::{ArchiveConfig, FilterConfig, JobConfig, KeySpec, PushConfig, WarmConfig};
+pub use config::{
+    ArchiveConfig, FilterConfig, JobConfig, KeySpec, PushConfig, ReadConfig, WarmConfig,
+};
 pub use finish::{finish, Finished, Step};
 pub use observer::Observer;
 pub use restore::{start, Started};

@@ -20,6 +20,8 @@ pub struct Pushed {
     pub new_paths: usize,
     pub target: Option<String>,
     pub dry_run: bool,
+    /// A pull-only job (`skip-push`): nothing was pushed on purpose.
+    pub skipped: bool,
     pub plan: Option<PushPlan>,
     pub report: Option<UploadReport>,
     pub error: Option<Error>,
@@ -44,6 +46,7 @@ pub fn push(
         new_paths: new.len(),
         target: p.to.clone(),
         dry_run: p.dry_run,
+        skipped: p.skip && p.to.is_some(),
         plan: None,
         report: None,
         error: None,
@@ -55,6 +58,13 @@ pub fn push(
         ));
         return Ok((pushed, None));
     };
+    if p.skip {
+        obs.plan_note(&format!(
+            "{} new paths; a pull-only job: nothing pushed",
+            new.len()
+        ));
+        return Ok((pushed, None));
+    }
     let key = if p.dry_run {
         None
     } else {

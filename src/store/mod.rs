@@ -7,6 +7,7 @@
 
 mod cli;
 mod db;
+pub mod features;
 pub mod import;
 pub mod leftovers;
 pub mod substitute;

@@ -72,6 +72,17 @@ build() {
   nix-build --store "$NIXDELTA_STORE" fib.nix --no-out-link "$@" 2>&1
 }
 
+# agent_hook NAME: runs a hook as the agent does: sourced in a bash, the
+# variables it exports carried into the command (left in $T/hook.env).
+agent_hook() {
+  bash -c '. "$1"; s=$?; export -p >"$2"; exit $s' _ "$PLUGIN/hooks/$1" "$T/hook.env"
+}
+
+# The command's environment after pre-command: its NIX_USER_CONF_FILES.
+command_env() {
+  eval "$(sed -n 's/^declare -x \(NIX_USER_CONF_FILES=\)/export \1/p' "$T/hook.env")"
+}
+
 @test "a job pushes and saves the archive; the next job on a fresh store restores it and builds nothing" {
   export BUILDKITE_PLUGIN_NIXDELTA_BINARY_CACHE="file://$T/cache"
   export BUILDKITE_PLUGIN_NIXDELTA_ARCHIVE="dir:$T/archives"
@@ -115,6 +126,43 @@ build() {
   ok
   has "| uploaded | 0 |"
   has "| result | not saved: exact key hit |"
+}
+
+@test "a pull-only job: pre-command makes the command's Nix read the cache; the user's nix.conf and NIX_CONFIG still apply" {
+  export BUILDKITE_PLUGIN_NIXDELTA_BINARY_CACHE="file://$T/cache"
+  NIXDELTA_SECRET_KEY=$(cat "$T/keys/bk-1.sec") "$NIXDELTA_BIN" --store "$T/store1" push \
+    --to "file://$T/cache" "$(build -A fib6 | tail -n1)" >/dev/null 2>&1
+  # The next job: a fresh store, the public key only, skip-push; the user's
+  # own nix.conf (`substituters =`) and NIX_CONFIG (nix-command, signatures).
+  export NIXDELTA_STORE=$T/store2
+  export BUILDKITE_JOB_ID="job-$BATS_TEST_NUMBER-2"
+  export BUILDKITE_PLUGIN_NIXDELTA_PUBLIC_KEY
+  BUILDKITE_PLUGIN_NIXDELTA_PUBLIC_KEY=$(cat "$T/keys/bk-1.pub")
+  export BUILDKITE_PLUGIN_NIXDELTA_SKIP_PUSH=true
+  mkdir -p "$T/xdg/nix"
+  echo "substituters =" >"$T/xdg/nix/nix.conf"
+  export XDG_CONFIG_HOME=$T/xdg
+  export NIX_CONFIG=$'experimental-features = nix-command\nrequire-sigs = true'
+  nix-store --store "$T/store2" --init
+  run build -A fib6 --max-jobs 0
+  [[ "$status" -ne 0 ]]
+
+  run agent_hook pre-command
+  ok
+  has "nixdelta: notice: skip-push: a pull-only job"
+  has "| substituter | \`file://$T/cache\` |"
+  command_env
+  [[ "$NIX_USER_CONF_FILES" == "$TMPDIR/nixdelta-bk-"*"/nix.conf:$T/xdg/nix/nix.conf:"* ]]
+  run build -A fib6 --max-jobs 0
+  ok
+  hasnt "will be built"
+  run nix path-info --store "$T/store2" "$(build -A fib6 --max-jobs 0 | tail -n1)"
+  ok
+
+  run "$PLUGIN/hooks/post-command"
+  ok
+  has "| pushed | nothing: a pull-only job |"
+  [[ ! -e "${NIX_USER_CONF_FILES%%:*}" ]]
 }
 
 @test "post-command runs after a failed command and pushes what it built; array options" {

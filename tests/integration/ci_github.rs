@@ -499,6 +499,7 @@ fn action_inputs_and_outputs_are_read_set_and_documented() {
     let mut sources = String::new();
     for f in [
         "src/ci/mod.rs",
+        "src/ci/inputs.rs",
         "src/ci/github.rs",
         "dist/shim.js",
         "src/cmd/track.rs",
@@ -597,7 +598,7 @@ fn action_on_a_fork_pull_request_restores_read_only_and_skips_the_push() {
         "::notice title=nixdelta::pull request from a fork: the store archive is restored read-only",
         "::notice title=nixdelta::pull request from a fork has no secrets: nothing is pushed",
         "| result | miss |",
-        "| pushed | nothing: no binary cache given |",
+        "| pushed | nothing: a pull-only job |",
         "| result | not saved: read-only |",
         "🏁  Job succeeded",
     ] {

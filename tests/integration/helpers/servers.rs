@@ -247,6 +247,8 @@ pub struct Nginx {
     pub bearer_port: u16,
     /// HTTPS, certificate from a private CA ([`Nginx::ca`]); bearer writes.
     pub tls_port: u16,
+    /// Reads and writes need basic auth: a private cache.
+    pub private_port: u16,
     /// The private CA's certificate (PEM).
     pub ca: PathBuf,
     pub root: PathBuf,
@@ -323,6 +325,7 @@ impl Nginx {
         )
         .unwrap();
         let (port, bearer_port, tls_port) = (free_port(None), free_port(None), free_port(None));
+        let private_port = free_port(None);
         let (ca, cert, cert_key) = make_certs(dir);
         let d = dir.display();
         // As root, workers would run as nobody and could not write `www`.
@@ -372,6 +375,10 @@ http {{
         {bearer}
     }}
     server {{
+        listen 127.0.0.1:{private_port};
+        {private}
+    }}
+    server {{
         listen 127.0.0.1:{tls_port} ssl;
         ssl_certificate {cert};
         ssl_certificate_key {cert_key};
@@ -386,6 +393,9 @@ http {{
                 r#"limit_except GET HEAD {{ auth_basic "cache"; auth_basic_user_file {d}/htpasswd; }}"#
             )),
             bearer = location("if ($deny_write) { return 401; }"),
+            private = location(&format!(
+                r#"auth_basic "cache"; auth_basic_user_file {d}/htpasswd;"#
+            )),
         );
         let conf_path = dir.join("nginx.conf");
         std::fs::write(&conf_path, conf).unwrap();
@@ -399,13 +409,16 @@ http {{
             .args(["-g", "daemon off;"]);
         let mut daemon = Daemon::spawn("nginx", &mut cmd, dir.join("logs/stdout.log"));
         wait_until(&mut daemon, Duration::from_secs(20), || {
-            http_get(port, "/").is_some() && http_get(bearer_port, "/").is_some()
+            http_get(port, "/").is_some()
+                && http_get(bearer_port, "/").is_some()
+                && http_get(private_port, "/").is_some()
         });
         Nginx {
             _daemon: daemon,
             port,
             bearer_port,
             tls_port,
+            private_port,
             ca,
             root,
         }
@@ -417,6 +430,14 @@ http {{
 
     pub fn tls_url(&self) -> String {
         format!("https://127.0.0.1:{}", self.tls_port)
+    }
+
+    /// The cache that needs credentials for reads too, with them in the URL.
+    pub fn private_url_with_credentials(&self) -> String {
+        format!(
+            "http://{HTTP_USER}:{HTTP_PASSWORD}@127.0.0.1:{}",
+            self.private_port
+        )
     }
 
     pub fn bearer_url(&self) -> String {
