@@ -292,17 +292,17 @@ fn summarise_start(started: &job::Started) {
 
 pub fn start(store_root: Option<&Path>, args: &StartArgs) -> Result<i32> {
     let cfg = start_config(store_root, args)?;
-    // Checked first: a bad key or URL fails before the restore.
-    let read = job::read::plan(&cfg, &env_var)?;
+    let dir = args.state.dir();
+    // First: a bad key or URL fails before the restore, and the job reads
+    // the cache even when the snapshot cannot be taken.
+    if let Some(side) = job::read::plan(&cfg, &env_var)? {
+        configure(side, &dir, true)?;
+    }
     let mut err = std::io::stderr();
     let started = job::start(&cfg, &report(&mut err, false))?;
     summarise_start(&started);
-    let dir = args.state.dir();
     started.state.save(&dir)?;
     ci::frontend().save_state(ci::github::STATE_DIR, &dir.to_string_lossy());
-    if let Some(side) = read {
-        configure(side, &dir, true)?;
-    }
     match &started.state.snapshot {
         Some(s) => eprintln!(
             "nixdelta: snapshot at id {} ({} valid paths) in {}",

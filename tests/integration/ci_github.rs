@@ -54,6 +54,34 @@ jobs:
           archive: "@ARCHIVE@"
       - run: nix-build --store "$NIXDELTA_STORE" fib.nix -A fib6 --no-out-link --max-jobs 0
       - run: echo "warm outputs hit=${{ steps.nixdelta.outputs.cache-hit }} matched=${{ steps.nixdelta.outputs.matched-key }}"
+  pull:
+    needs: build
+    runs-on: ubuntu-latest
+    env:
+      NIXDELTA_STORE: "@STORES@/pull"
+      # The user's own configuration, which must keep working: NIX_CONFIG
+      # (nix-command, signatures required) and a nix.conf of theirs.
+      NIX_CONFIG: "experimental-features = nix-command\nrequire-sigs = true"
+      XDG_CONFIG_HOME: "@STORES@/xdg"
+    steps:
+      - uses: actions/checkout@v4
+      - run: |
+          mkdir -p "$XDG_CONFIG_HOME/nix"
+          echo "substituters =" >"$XDG_CONFIG_HOME/nix/nix.conf"
+          nix-store --store "$NIXDELTA_STORE" --init
+          if nix-build --store "$NIXDELTA_STORE" fib.nix -A fib6 --no-out-link --max-jobs 0; then exit 1; fi
+          echo "pull: cannot build before the action"
+      - uses: ./nixdelta
+        with:
+          nixdelta-binary: "@BIN@"
+          binary-cache: "file://@CACHE@"
+          public-key: "@PUBLIC@"
+          skip-push: true
+          archive: none
+      - run: nix-build --store "$NIXDELTA_STORE" fib.nix -A fib6 --no-out-link --max-jobs 0 --option require-sigs true
+      - run: |
+          nix path-info --store "$NIXDELTA_STORE" --all | grep -q -- -fib-6
+          echo "pull: nix-command still on"
 "#;
 
 struct Act {
@@ -61,6 +89,7 @@ struct Act {
     repo: std::path::PathBuf,
     act: std::path::PathBuf,
     secret: String,
+    public: String,
 }
 
 impl Act {
@@ -79,9 +108,10 @@ impl Act {
             .replace("@BIN@", nixdelta_bin())
             .replace("@CACHE@", &env.path("cache").display().to_string())
             .replace("@ARCHIVE@", &archive);
+        let (sec, public) = env.keygen("e2e-1");
+        let text = text.replace("@PUBLIC@", &public);
         std::fs::write(wf.join("e2e.yml"), text).unwrap();
         git_commit_all(&repo, "https://github.com/nixdelta-e2e/demo.git");
-        let (sec, _) = env.keygen("e2e-1");
         let secret = std::fs::read_to_string(sec).unwrap().trim().to_string();
         // The key reaches the workflow as a plain variable, not an act
         // secret, so only the action's ::add-mask:: can hide it.
@@ -91,6 +121,7 @@ impl Act {
             repo,
             act,
             secret,
+            public,
         }
     }
 
@@ -270,6 +301,40 @@ fn action_pushes_saves_and_a_fresh_job_restores() {
         .find(|e| e.file_name().to_string_lossy().ends_with("-fib-6"))
         .expect("fib-6 restored");
     assert_eq!(std::fs::read_to_string(fib6.path()).unwrap().trim(), "8");
+
+    // The pull-only job: no archive, no signing key; it builds with
+    // nothing built and signatures required only because the action
+    // configured its Nix (it could not before), and the user's NIX_CONFIG
+    // and nix.conf still apply.
+    let pull = job_log(&log, "pull");
+    for line in [
+        "pull: cannot build before the action",
+        "::notice title=nixdelta::skip-push: a pull-only job",
+        "::set-env:: NIX_USER_CONF_FILES=",
+        &format!("from 'file://{}'", a.env.path("cache").display()),
+        "Success - Main nix-build --store \"$NIXDELTA_STORE\" fib.nix -A fib6 --no-out-link --max-jobs 0 --option require-sigs true",
+        "pull: nix-command still on",
+        "a pull-only job: nothing pushed",
+        "🏁  Job succeeded",
+    ] {
+        assert!(has(&pull, line), "{line}: {}", show());
+    }
+    // The summary's rows (act prints them untagged, so among other jobs').
+    let rows = log.lines().collect::<Vec<_>>();
+    for row in [
+        format!(
+            "| substituter | `file://{}` |",
+            a.env.path("cache").display()
+        ),
+        format!(
+            "| trusted keys | `{}` |",
+            a.public.split(':').next().unwrap()
+        ),
+        "| configured | for the rest of the job (`NIX_USER_CONF_FILES`) |".to_string(),
+        "| pushed | nothing: a pull-only job |".to_string(),
+    ] {
+        assert!(has(&rows, &row), "{row}: {}", show());
+    }
 }
 
 /// Inputs that are wrong fail the step with a clear error; a cache that

@@ -24,6 +24,28 @@ build:
     - nix-build --store "$NIXDELTA_STORE" fib.nix -A fib6 --no-out-link $BUILD_FLAGS
 "#;
 
+/// A pull-only pipeline: the public key, no signing key, no archive; the
+/// user's NIX_CONFIG (nix-command, signatures) and nix.conf of its own.
+const PULL_PIPELINE: &str = r#"include:
+  - local: templates/nixdelta.gitlab-ci.yml
+    inputs:
+      binary-cache: "file://@CACHE@"
+      public-key: "@PUBLIC@"
+      skip-push: true
+      archive: none
+      nixdelta-binary: "@BIN@"
+
+pull:
+  extends: .nixdelta
+  variables:
+    NIX_CONFIG: "experimental-features = nix-command\nrequire-sigs = true"
+    XDG_CONFIG_HOME: "@XDG@"
+  script:
+    - nix-build --store "$NIXDELTA_STORE" fib.nix -A fib6 --no-out-link --max-jobs 0 --option require-sigs true
+    - nix path-info --store "$NIXDELTA_STORE" --all | grep -q -- -fib-6
+    - echo "pull done"
+"#;
+
 fn pipeline(gcl: &Path, repo: &Path, store: &Path, build_flags: &str) -> String {
     let tools = tools_dir().join("node_modules/.bin");
     let path = format!(
@@ -93,7 +115,7 @@ fn template_second_pipeline_restores_from_the_gitlab_cache() {
     copy_frontends(&repo);
     std::fs::copy(example("fib.nix"), repo.join("fib.nix")).unwrap();
     std::fs::write(repo.join("flake.lock"), EMPTY_FLAKE_LOCK).unwrap();
-    let (sec, _) = env.keygen("gl-1");
+    let (sec, public) = env.keygen("gl-1");
     let text = PIPELINE
         .replace("@CACHE@", &env.path("cache").display().to_string())
         .replace("@KEY@", &sec.display().to_string())
@@ -142,6 +164,36 @@ fn template_second_pipeline_restores_from_the_gitlab_cache() {
         show(&two)
     );
     assert!(has(&two, "PASS  build"), "{}", show(&two));
+
+    // A pull-only pipeline on a fresh store: the template's before_script
+    // made the script's Nix read the cache; nothing is pushed.
+    let xdg = env.path("xdg");
+    std::fs::create_dir_all(xdg.join("nix")).unwrap();
+    std::fs::write(xdg.join("nix/nix.conf"), "substituters =\n").unwrap();
+    let pull = PULL_PIPELINE
+        .replace("@CACHE@", &env.path("cache").display().to_string())
+        .replace("@PUBLIC@", &public)
+        .replace("@BIN@", nixdelta_bin())
+        .replace("@XDG@", &xdg.display().to_string());
+    std::fs::write(repo.join(".gitlab-ci.yml"), pull).unwrap();
+    git_commit_all(&repo, "https://gitlab.com/nixdelta-e2e/demo.git");
+    let store = env.path("stores/three");
+    ok(Command::new("nix-store")
+        .arg("--store")
+        .arg(&store)
+        .arg("--init"));
+    let three = pipeline(&gcl, &repo, &store, "");
+    for line in [
+        "skip-push: a pull-only job",
+        "| configured | for the rest of the job (`NIX_USER_CONF_FILES`) |",
+        &format!("from 'file://{}'", env.path("cache").display()),
+        "pull done",
+        "| pushed | nothing: a pull-only job |",
+        "PASS  pull",
+    ] {
+        assert!(has(&three, line), "{line}: {}", show(&three));
+    }
+    assert!(!has(&three, "will be built"), "{}", show(&three));
     if std::env::var_os("NIXDELTA_TEST_SHOW").is_some() {
         eprintln!("{one}\n{two}");
     }
