@@ -6,8 +6,10 @@ SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
 # Debian's own python3 refuses pip installs outside a venv (PEP 668) without this.
 export PIP_BREAK_SYSTEM_PACKAGES=1
 need_apt=()
-# nginx: the http(s):// PUT cache tests (WebDAV); curl: bench/targets.sh.
-for p in nix-bin busybox-static zstd bc time nginx curl; do
+# nginx: the http(s):// PUT cache tests (WebDAV); curl: bench/targets.sh;
+# sudo: the daemon test (a non-root job user with passwordless sudo, as on
+# GitHub's hosted runners).
+for p in nix-bin busybox-static zstd bc time nginx curl sudo; do
   dpkg -s "$p" >/dev/null 2>&1 || need_apt+=("$p")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -36,6 +36,8 @@ pub struct Inputs {
     pub extra_pull_substituters: Vec<String>,
     pub extra_trusted_public_keys: Vec<String>,
     pub skip_adding_substituter: bool,
+    /// Add what a Nix daemon lacks to its nix.conf (`--daemon`).
+    pub configure_daemon: bool,
     /// A pull-only job: nothing is pushed.
     pub skip_push: bool,
     /// A bearer token for an http(s) cache (GitHub's `cache-token`).
@@ -121,6 +123,7 @@ impl Inputs {
                 "skip-adding-substituter",
                 src.get("skip-adding-substituter"),
             )?,
+            configure_daemon: parse_bool("configure-daemon", src.get("configure-daemon"))?,
             skip_push: parse_bool("skip-push", src.get("skip-push"))?,
             cache_token: None,
             has_key: false,
@@ -231,6 +234,7 @@ impl Inputs {
             &self.extra_trusted_public_keys,
         );
         a.switch("--no-configure", self.skip_adding_substituter);
+        a.switch("--daemon", self.configure_daemon);
     }
 }
 

@@ -56,6 +56,7 @@ impl ReadArgs {
             public_key: self.public_key.clone(),
             extra_substituters: self.extra_substituters.clone(),
             extra_public_keys: self.extra_public_keys.clone(),
+            configure_daemon: false,
         }
     }
 }

@@ -86,6 +86,31 @@ pub fn read_table(c: &Configured, how: &str) -> Table {
         t.row("credentials", "netrc file (mode 0600, removed by finish)");
     }
     t.row("configured", how);
+    use nixdelta::job::read::Daemon;
+    match &c.daemon {
+        None => {}
+        Some(Daemon::Trusted) => {
+            t.row("Nix daemon", "trusts this user");
+        }
+        Some(Daemon::Allowed) => {
+            t.row("Nix daemon", "allows these caches for untrusted users");
+        }
+        Some(Daemon::Ignored { .. }) => {
+            t.row(
+                "Nix daemon",
+                "**ignores them: this user is not trusted** (see the warning)",
+            );
+        }
+        Some(Daemon::Configured { conf, how, .. }) => {
+            t.row(
+                "Nix daemon",
+                format!(
+                    "configured: added to `{}`, restarted ({how})",
+                    conf.display()
+                ),
+            );
+        }
+    }
     t
 }
 

@@ -89,6 +89,19 @@ pub struct ConfigureArgs {
     /// Do not configure the job's Nix to read the binary cache.
     #[arg(long, env = "NIXDELTA_NO_CONFIGURE")]
     pub no_configure: bool,
+    /// When a Nix daemon would ignore the cache (an untrusted user), add
+    /// what it lacks to its nix.conf (sudo -n when not root) and restart it.
+    #[arg(long, env = "NIXDELTA_CONFIGURE_DAEMON")]
+    pub daemon: bool,
+}
+
+impl ConfigureArgs {
+    fn config(&self) -> job::ReadConfig {
+        job::ReadConfig {
+            configure_daemon: self.daemon,
+            ..self.read.config(!self.no_configure)
+        }
+    }
 }
 
 #[derive(clap::Args, Clone, Debug)]
@@ -191,7 +204,7 @@ fn start_config(store_root: Option<&Path>, args: &StartArgs) -> Result<JobConfig
             secret_key_file: args.secret_key_file.clone(),
             ..PushConfig::default()
         },
-        read: args.configure.read.config(!args.configure.no_configure),
+        read: args.configure.config(),
         ..archive_config(store_root, &args.archive, args.strict)?
     })
 }
@@ -238,12 +251,20 @@ fn env_var(name: &str) -> Option<String> {
 /// Writes the read side into `dir`; with `export`, makes the rest of the
 /// job read it (through the CI). Returns the environment (for `run`'s
 /// command, which gets it directly).
-fn configure(side: ReadSide, dir: &Path, export: bool) -> Result<Vec<(String, String)>> {
+fn configure(
+    cfg: &JobConfig,
+    side: ReadSide,
+    dir: &Path,
+    export: bool,
+) -> Result<Vec<(String, String)>> {
     let fe = ci::frontend();
     for w in &side.warnings {
         fe.warning(w);
     }
-    let done = job::read::write(side, dir, &env_var)?;
+    let done = job::read::write(cfg, side, dir, &env_var)?;
+    if let Some(w) = done.daemon.as_ref().and_then(|d| d.warning()) {
+        fe.warning(&w);
+    }
     for s in &done.secrets {
         fe.mask(s.expose());
     }
@@ -296,7 +317,7 @@ pub fn start(store_root: Option<&Path>, args: &StartArgs) -> Result<i32> {
     // First: a bad key or URL fails before the restore, and the job reads
     // the cache even when the snapshot cannot be taken.
     if let Some(side) = job::read::plan(&cfg, &env_var)? {
-        configure(side, &dir, true)?;
+        configure(&cfg, side, &dir, true)?;
     }
     let mut err = std::io::stderr();
     let started = job::start(&cfg, &report(&mut err, false))?;
@@ -390,7 +411,7 @@ pub fn run(
     // Options are checked before the command runs (which may take an
     // hour): a bad regex, size, URL or key is reported now, not after it.
     let cfg = JobConfig {
-        read: c.read.config(!c.no_configure),
+        read: c.config(),
         ..job_config(store_root, args, a)?
     };
     cfg.push.validate()?;
@@ -417,7 +438,7 @@ pub fn run(
         .tempdir()
         .map_err(|e| Error::Other(e.into()))?;
     let env = match read {
-        Some(side) => configure(side, conf_dir.path(), false)?,
+        Some(side) => configure(&cfg, side, conf_dir.path(), false)?,
         None => Vec::new(),
     };
     let code = run_command(command, &env)?;

@@ -204,4 +204,6 @@ pub struct ReadConfig {
     pub extra_substituters: Vec<String>,
     /// Their keys (`name:base64` or files).
     pub extra_public_keys: Vec<String>,
+    /// Add what a Nix daemon lacks to its `nix.conf` and restart it.
+    pub configure_daemon: bool,
 }

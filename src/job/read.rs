@@ -17,8 +17,10 @@ use std::path::{Path, PathBuf};
 
 use crate::cache::http::TOKEN_ENV;
 use crate::error::{Error, Result};
+use crate::pipeline::daemon::{trust, Trust};
 use crate::pipeline::read_side::{read_side, user_conf_files, ReadSide, Request};
 use crate::secret::Secret;
+use crate::store::daemon;
 use crate::store::features::nix_reads_s3;
 
 use super::config::JobConfig;
@@ -41,6 +43,45 @@ pub struct Configured {
     pub env: Vec<(String, String)>,
     /// Values a CI log must mask (the cache's password or token).
     pub secrets: Vec<Secret<String>>,
+    /// How the Nix daemon treats it, when the job's Nix uses one.
+    pub daemon: Option<Daemon>,
+}
+
+/// The Nix daemon and the read side.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Daemon {
+    /// The job's user is trusted.
+    Trusted,
+    /// Not trusted, but the daemon allows the caches and keys.
+    Allowed,
+    /// The daemon ignores them: `lines` are what its `conf` lacks.
+    Ignored {
+        user: String,
+        conf: PathBuf,
+        lines: Vec<String>,
+    },
+    /// `--daemon` added `lines` to `conf` and restarted it (`how`).
+    Configured {
+        conf: PathBuf,
+        lines: Vec<String>,
+        how: String,
+    },
+}
+
+impl Daemon {
+    /// The one line a user reads when the daemon ignores the cache.
+    pub fn warning(&self) -> Option<String> {
+        let Daemon::Ignored { user, conf, lines } = self else {
+            return None;
+        };
+        Some(format!(
+            "the Nix daemon ignores this job's binary cache ({user} is not a trusted user): add \
+             `{}` to {}, then restart nix-daemon; or let nixdelta do it: --daemon (input \
+             configure-daemon)",
+            lines.join("` and `"),
+            conf.display()
+        ))
+    }
 }
 
 /// The read side `cfg` asks for, checked (keys, URLs) but not written:
@@ -99,7 +140,7 @@ pub fn plan(cfg: &JobConfig, env: Env) -> Result<Option<ReadSide>> {
 
 /// Writes the read side into `dir` and returns the environment that
 /// points the job's Nix at it.
-pub fn write(side: ReadSide, dir: &Path, env: Env) -> Result<Configured> {
+pub fn write(cfg: &JobConfig, side: ReadSide, dir: &Path, env: Env) -> Result<Configured> {
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
     let mut secrets = Vec::new();
     let netrc_file = match side.netrc(existing_netrc(env).as_deref().map(|s| s.as_str())) {
@@ -120,13 +161,56 @@ pub fn write(side: ReadSide, dir: &Path, env: Env) -> Result<Configured> {
     let conf = side.nix_conf(netrc_str.as_deref());
     std::fs::write(&conf_file, conf).map_err(|e| io(&conf_file, e))?;
     let files = user_conf_files(&conf_file.to_string_lossy(), env);
+    let daemon = check_daemon(cfg, &side)?;
     Ok(Configured {
         side,
         conf_file,
         netrc_file,
         env: vec![("NIX_USER_CONF_FILES".to_string(), files)],
         secrets,
+        daemon,
     })
+}
+
+/// How the daemon (when the job's Nix uses one) treats the read side;
+/// with `--daemon`, what it lacks is added to its `nix.conf` once (the
+/// lines are only those missing) and it is restarted.
+fn check_daemon(cfg: &JobConfig, side: &ReadSide) -> Result<Option<Daemon>> {
+    if !daemon::in_use(cfg.store_root.as_deref()) {
+        return Ok(None);
+    }
+    let user = daemon::current_user();
+    let reported = daemon::reported_trust();
+    let judge = || {
+        trust(
+            &user.name,
+            &user.groups,
+            reported,
+            &daemon::read_conf(),
+            &side.substituters,
+            &side.public_keys,
+        )
+    };
+    let lines = match judge() {
+        Trust::Trusted => return Ok(Some(Daemon::Trusted)),
+        Trust::Allowed => return Ok(Some(Daemon::Allowed)),
+        Trust::Ignored { lines } => lines,
+    };
+    let conf = daemon::conf_path();
+    if !cfg.read.configure_daemon {
+        return Ok(Some(Daemon::Ignored {
+            user: user.name,
+            conf,
+            lines,
+        }));
+    }
+    let text = format!(
+        "\n# Added by nixdelta (--daemon): untrusted jobs may read these caches.\n{}\n",
+        lines.join("\n")
+    );
+    daemon::append_conf(&text, &user)?;
+    let how = daemon::restart(&user)?;
+    Ok(Some(Daemon::Configured { conf, lines, how }))
 }
 
 /// Removes what [`write`] left in `dir` (the netrc holds a password).
@@ -200,7 +284,7 @@ mod tests {
         };
         let c = cfg("https://ci:s3cret@cache.example.org", Some(k.clone()));
         let side = plan(&c, &env).unwrap().unwrap();
-        let done = write(side, dir.path(), &env).unwrap();
+        let done = write(&c, side, dir.path(), &env).unwrap();
         let conf = std::fs::read_to_string(&done.conf_file).unwrap();
         assert!(conf.contains("extra-substituters = https://cache.example.org\n"));
         assert!(conf.contains(&format!("extra-trusted-public-keys = {k}\n")));

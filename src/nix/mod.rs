@@ -5,6 +5,7 @@
 //! (see `tests/fixtures/make-fixtures.sh`).
 
 pub mod archive;
+pub mod conf;
 pub mod hash;
 pub mod nar;
 pub mod nar_unpack;

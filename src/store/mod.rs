@@ -6,6 +6,7 @@
 //! keep their logical directory (`/nix/store`).
 
 mod cli;
+pub mod daemon;
 mod db;
 pub mod features;
 pub mod import;

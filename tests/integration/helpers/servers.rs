@@ -57,13 +57,6 @@ impl Daemon {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
-
-    /// Panics with the log unless the child is still running.
-    pub fn assert_running(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            panic!("{} exited ({status}):\n{}", self.name, self.log_text());
-        }
-    }
 }
 
 impl Drop for Daemon {
@@ -107,16 +100,33 @@ pub fn free_port(plus: Option<u16>) -> u16 {
 }
 
 /// Waits until `ready` holds or panics with the daemon's log.
-pub fn wait_until(d: &mut Daemon, timeout: Duration, mut ready: impl FnMut() -> bool) {
+pub fn wait_until(d: &mut Daemon, timeout: Duration, ready: impl FnMut() -> bool) {
+    if let Err(log) = try_wait_until(d, timeout, ready) {
+        panic!("{log}");
+    }
+}
+
+/// Waits until `ready` holds; the daemon's log if it exits or times out.
+pub fn try_wait_until(
+    d: &mut Daemon,
+    timeout: Duration,
+    mut ready: impl FnMut() -> bool,
+) -> Result<(), String> {
     let end = Instant::now() + timeout;
     while Instant::now() < end {
-        d.assert_running();
+        if let Ok(Some(status)) = d.child.try_wait() {
+            return Err(format!("{} exited ({status}):\n{}", d.name, d.log_text()));
+        }
         if ready() {
-            return;
+            return Ok(());
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    panic!("{} not ready after {timeout:?}:\n{}", d.name, d.log_text());
+    Err(format!(
+        "{} not ready after {timeout:?}:\n{}",
+        d.name,
+        d.log_text()
+    ))
 }
 
 /// A one-shot HTTP/1.0 request; the status and body (tests' readiness
@@ -169,6 +179,37 @@ impl Seaweed {
             ),
         )
         .unwrap();
+        // Free ports are only free when picked: a parallel test may take
+        // one before weed binds it, so a start that loses that race is
+        // retried with new ports.
+        for attempt in 1.. {
+            let (mut daemon, s3, filer) = Self::spawn(dir, &ids);
+            let ready = try_wait_until(&mut daemon, Duration::from_secs(60), || {
+                // NoSuchKey (not NoSuchBucket, not a refused connection):
+                // the bucket exists and anonymous reads are allowed.
+                http_get(s3, &format!("/{BUCKET}/nix-cache-info"))
+                    .is_some_and(|(code, body)| code == 404 && body.contains("NoSuchKey"))
+            });
+            match ready {
+                Ok(()) => {
+                    return Seaweed {
+                        _daemon: daemon,
+                        port: s3,
+                        filer_port: filer,
+                    }
+                }
+                Err(log) if attempt < 5 && log.contains("is not available") => {
+                    drop(daemon);
+                    let _ = std::fs::remove_dir_all(dir.join("data"));
+                    std::fs::create_dir_all(dir.join("data")).unwrap();
+                }
+                Err(log) => panic!("weed mini did not start:\n{log}"),
+            }
+        }
+        unreachable!()
+    }
+
+    fn spawn(dir: &Path, ids: &Path) -> (Daemon, u16, u16) {
         // weed's components find each other's gRPC at port+10000.
         let p = || free_port(Some(10000)).to_string();
         let s3 = free_port(Some(10000));
@@ -186,18 +227,8 @@ impl Seaweed {
             .args(["-admin.ui=false", "-master.volumeSizeLimitMB=256"])
             .arg(format!("-s3.config={}", ids.display()))
             .arg(format!("-bucket={BUCKET}"));
-        let mut daemon = Daemon::spawn("weed mini", &mut cmd, dir.join("weed.log"));
-        wait_until(&mut daemon, Duration::from_secs(60), || {
-            // NoSuchKey (not NoSuchBucket, not a refused connection): the
-            // bucket exists and anonymous reads are allowed.
-            http_get(s3, &format!("/{BUCKET}/nix-cache-info"))
-                .is_some_and(|(code, body)| code == 404 && body.contains("NoSuchKey"))
-        });
-        Seaweed {
-            _daemon: daemon,
-            port: s3,
-            filer_port: filer,
-        }
+        let daemon = Daemon::spawn("weed mini", &mut cmd, dir.join("weed.log"));
+        (daemon, s3, filer)
     }
 
     /// Deletes an object of the bucket through the filer.
