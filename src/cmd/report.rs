@@ -110,6 +110,12 @@ pub fn read_table(c: &Configured, how: &str) -> Table {
                 ),
             );
         }
+        Some(Daemon::Failed { .. }) => {
+            t.row(
+                "Nix daemon",
+                "**ignores them: --daemon failed** (see the warning)",
+            );
+        }
     }
     t
 }

@@ -262,8 +262,13 @@ fn configure(
         fe.warning(w);
     }
     let done = job::read::write(cfg, side, dir, &env_var)?;
-    if let Some(w) = done.daemon.as_ref().and_then(|d| d.warning()) {
-        fe.warning(&w);
+    if let Some(d) = &done.daemon {
+        if let Some(w) = d.warning() {
+            fe.warning(&w);
+        }
+        if let Some(n) = d.notice() {
+            eprintln!("nixdelta: {n}");
+        }
     }
     for s in &done.secrets {
         fe.mask(s.expose());

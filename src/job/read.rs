@@ -66,18 +66,43 @@ pub enum Daemon {
         lines: Vec<String>,
         how: String,
     },
+    /// `--daemon` could not (no root, `sudo -n` refused, no restart): the
+    /// daemon still ignores the cache. Fatal only with `--strict`.
+    Failed {
+        conf: PathBuf,
+        lines: Vec<String>,
+        error: String,
+    },
 }
 
 impl Daemon {
     /// The one line a user reads when the daemon ignores the cache.
     pub fn warning(&self) -> Option<String> {
-        let Daemon::Ignored { user, conf, lines } = self else {
+        match self {
+            Daemon::Ignored { user, conf, lines } => Some(format!(
+                "the Nix daemon ignores this job's binary cache ({user} is not a trusted user): \
+                 add `{}` to {}, then restart nix-daemon; or let nixdelta do it: --daemon \
+                 (input configure-daemon)",
+                lines.join("` and `"),
+                conf.display()
+            )),
+            Daemon::Failed { conf, lines, error } => Some(format!(
+                "--daemon failed, so the Nix daemon still ignores this job's binary cache: \
+                 {error}; add `{}` to {} as root, then restart nix-daemon",
+                lines.join("` and `"),
+                conf.display()
+            )),
+            _ => None,
+        }
+    }
+
+    /// The line saying what `--daemon` changed, when it changed something.
+    pub fn notice(&self) -> Option<String> {
+        let Daemon::Configured { conf, lines, how } = self else {
             return None;
         };
         Some(format!(
-            "the Nix daemon ignores this job's binary cache ({user} is not a trusted user): add \
-             `{}` to {}, then restart nix-daemon; or let nixdelta do it: --daemon (input \
-             configure-daemon)",
+            "added `{}` to {} and restarted the Nix daemon ({how})",
             lines.join("` and `"),
             conf.display()
         ))
@@ -208,9 +233,16 @@ fn check_daemon(cfg: &JobConfig, side: &ReadSide) -> Result<Option<Daemon>> {
         "\n# Added by nixdelta (--daemon): untrusted jobs may read these caches.\n{}\n",
         lines.join("\n")
     );
-    daemon::append_conf(&text, &user)?;
-    let how = daemon::restart(&user)?;
-    Ok(Some(Daemon::Configured { conf, lines, how }))
+    let done = daemon::append_conf(&text, &user).and_then(|()| daemon::restart(&user));
+    match done {
+        Ok(how) => Ok(Some(Daemon::Configured { conf, lines, how })),
+        Err(e) if !cfg.strict => Ok(Some(Daemon::Failed {
+            conf,
+            lines,
+            error: e.to_string(),
+        })),
+        Err(e) => Err(e),
+    }
 }
 
 /// Removes what [`write`] left in `dir` (the netrc holds a password).

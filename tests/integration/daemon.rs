@@ -1,0 +1,304 @@
+//! A multi-user Nix: a real `nix-daemon` (its own chroot store, socket and
+//! nix.conf) serving a job that runs as an untrusted, non-root user, as on
+//! GitHub's hosted runners (where root is reached only by `sudo -n`).
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use crate::helpers::util::*;
+
+/// The untrusted user the job runs as (created once, kept).
+const USER: &str = "nixdelta-job";
+
+/// A `nix-daemon` started (and restarted, by nixdelta) through scripts,
+/// as an init system would; stopped on drop.
+struct NixDaemon {
+    dir: PathBuf,
+    restart: PathBuf,
+    stop: PathBuf,
+}
+
+impl NixDaemon {
+    fn start(dir: &Path) -> NixDaemon {
+        let etc = dir.join("etc");
+        std::fs::create_dir_all(&etc).unwrap();
+        std::fs::write(
+            etc.join("nix.conf"),
+            "sandbox = false\nbuild-users-group =\nsubstituters =\ntrusted-users = root\n\
+             experimental-features = nix-command\n",
+        )
+        .unwrap();
+        let (store, socket, pid) = (dir.join("dstore"), dir.join("socket"), dir.join("pid"));
+        let stop = dir.join("stop.sh");
+        let script = |path: &Path, body: String| {
+            std::fs::write(path, format!("#!/bin/sh\n{body}")).unwrap();
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        };
+        script(
+            &stop,
+            format!(
+                "[ -f {p} ] && kill $(cat {p}) 2>/dev/null\nwhile [ -S {s} ] && [ -f {p} ] && \
+                 kill -0 $(cat {p}) 2>/dev/null; do sleep 0.1; done\nrm -f {s} {p}\n",
+                p = pid.display(),
+                s = socket.display()
+            ),
+        );
+        let restart = dir.join("restart.sh");
+        script(
+            &restart,
+            format!(
+                "{stop}\nNIX_CONF_DIR={etc} NIX_DAEMON_SOCKET_PATH={socket} setsid nix-daemon \
+                 --option store {store} >>{log} 2>&1 </dev/null &\necho $! > {pid}\n",
+                stop = stop.display(),
+                etc = etc.display(),
+                socket = socket.display(),
+                store = store.display(),
+                log = dir.join("daemon.log").display(),
+                pid = pid.display(),
+            ),
+        );
+        ok(&mut Command::new(&restart));
+        let d = NixDaemon {
+            dir: dir.to_path_buf(),
+            restart,
+            stop,
+        };
+        let t = std::time::Instant::now();
+        while std::os::unix::net::UnixStream::connect(d.socket()).is_err() {
+            assert!(t.elapsed().as_secs() < 20, "nix-daemon did not start");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        d
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("socket")
+    }
+
+    fn conf(&self) -> PathBuf {
+        self.dir.join("etc/nix.conf")
+    }
+
+    fn pid(&self) -> String {
+        std::fs::read_to_string(self.dir.join("pid")).unwrap_or_default()
+    }
+}
+
+impl Drop for NixDaemon {
+    fn drop(&mut self) {
+        let _ = Command::new(&self.stop).status();
+    }
+}
+
+/// Lets `USER` run anything as root without a password, for as long as it
+/// lives (GitHub's hosted runners give their user that).
+struct Sudoers(PathBuf);
+
+impl Sudoers {
+    fn grant() -> Sudoers {
+        let f = PathBuf::from(format!(
+            "/etc/sudoers.d/nixdelta-test-{}",
+            std::process::id()
+        ));
+        std::fs::write(&f, format!("{USER} ALL=(root) NOPASSWD: ALL\n")).unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o440)).unwrap();
+        Sudoers(f)
+    }
+}
+
+impl Drop for Sudoers {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The uid and gid of `USER`, created when missing.
+fn job_user() -> (u32, u32) {
+    let id = |flag: &str| {
+        let out = Command::new("id").args([flag, USER]).output().unwrap();
+        out.status
+            .success()
+            .then(|| stdout_lines(&out)[0].parse::<u32>().unwrap())
+    };
+    if id("-u").is_none() {
+        ok(Command::new("useradd").args([
+            "--system",
+            "--no-create-home",
+            "--shell",
+            "/bin/sh",
+            USER,
+        ]));
+    }
+    (id("-u").unwrap(), id("-g").unwrap())
+}
+
+/// A command as the job's user, on the daemon, with a clean Nix
+/// environment (no NIX_CONFIG: its `substituters =` would wipe the job's).
+fn as_job(d: &NixDaemon, home: &Path, program: &str) -> Command {
+    let (uid, gid) = job_user();
+    let mut cmd = Command::new(program);
+    cmd.uid(uid)
+        .gid(gid)
+        .current_dir(home)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap())
+        .env("HOME", home)
+        .env("NIX_CONF_DIR", d.dir.join("etc"))
+        .env("NIX_DAEMON_SOCKET_PATH", d.socket())
+        .env("NIX_REMOTE", "daemon")
+        .env("NIXDELTA_CI", "none")
+        .env("NIXDELTA_DAEMON_RESTART", &d.restart);
+    cmd
+}
+
+/// `start` for a pull-only job on the daemon's Nix, its environment file.
+fn start(
+    d: &NixDaemon,
+    home: &Path,
+    name: &str,
+    cache: &str,
+    public: &str,
+    extra: &[&str],
+) -> (Output, PathBuf) {
+    let env_file = home.join(format!("{name}.env"));
+    let out = as_job(d, home, nixdelta_bin())
+        .args([
+            "start",
+            "--to",
+            cache,
+            "--public-key",
+            public,
+            "--archive",
+            "none",
+        ])
+        .arg("--state-dir")
+        .arg(home.join(name))
+        .args(extra)
+        .env("NIXDELTA_ENV_FILE", &env_file)
+        .output()
+        .unwrap();
+    (out, env_file)
+}
+
+/// chain6 through the daemon, nothing built, with the job's environment.
+fn build(d: &NixDaemon, home: &Path, env_file: &Path) -> Output {
+    let text = std::fs::read_to_string(env_file).unwrap_or_default();
+    let vars = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("export "))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()));
+    as_job(d, home, "nix-build")
+        .arg(example("fib.nix"))
+        .args(["-A", "chain6", "--no-out-link", "--max-jobs", "0"])
+        .args(["--option", "require-sigs", "true"])
+        .envs(vars)
+        .output()
+        .unwrap()
+}
+
+/// An untrusted user's `start` warns with the exact lines the daemon
+/// lacks, and its build cannot substitute; `--daemon` without root or
+/// sudo says it failed (an error with `--strict`) and changes nothing;
+/// with `sudo -n` it adds the lines once, restarts the daemon, and the
+/// daemon then substitutes the whole closure, signatures required; a
+/// second `--daemon` adds nothing.
+#[test]
+fn an_untrusted_user_reads_the_cache_once_the_daemon_allows_it() {
+    if unsafe { libc::getuid() } != 0 || which("nix-daemon").is_none() || which("sudo").is_none() {
+        panic!("needs root, nix-daemon and sudo (scripts/setup.sh installs them)");
+    }
+    let env = Env::new();
+    std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let chain6 = env.build("fib.nix", &["chain6"]).remove(0);
+    let (sec, public) = env.keygen("daemon-1");
+    let cache = env.cache_url();
+    ok(env
+        .nixdelta(&["push", "--to", &cache, "--secret-key-file"])
+        .arg(&sec)
+        .arg(&chain6));
+    let d = NixDaemon::start(&env.path("daemon"));
+    let home = env.path("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let (uid, gid) = job_user();
+    std::os::unix::fs::chown(&home, Some(uid), Some(gid)).unwrap();
+    let conf0 = std::fs::read_to_string(d.conf()).unwrap();
+
+    let (out, env_file) = start(&d, &home, "plain", &cache, &public, &[]);
+    assert!(out.status.success(), "{}", show(&out));
+    let lines = [
+        format!("extra-trusted-substituters = {cache}"),
+        format!("extra-trusted-public-keys = {public}"),
+    ];
+    let err = stderr(&out);
+    for l in &lines {
+        assert!(err.contains(l.as_str()), "{err}");
+    }
+    assert!(err.contains(&d.conf().display().to_string()), "{err}");
+    let b = build(&d, &home, &env_file);
+    assert!(
+        !b.status.success(),
+        "the daemon substituted for an untrusted user?"
+    );
+    assert!(
+        stderr(&b).contains("ignoring untrusted substituter"),
+        "{}",
+        show(&b)
+    );
+
+    // No sudo: --daemon says so, and the daemon's file is untouched.
+    let (out, _) = start(&d, &home, "nosudo", &cache, &public, &["--daemon"]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(stderr(&out).contains("--daemon failed"), "{}", show(&out));
+    let (out, _) = start(
+        &d,
+        &home,
+        "strict",
+        &cache,
+        &public,
+        &["--daemon", "--strict"],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
+    assert_eq!(
+        stderr(&out).lines().filter(|l| l.contains("error")).count(),
+        1,
+        "{}",
+        show(&out)
+    );
+    assert_eq!(std::fs::read_to_string(d.conf()).unwrap(), conf0);
+
+    let _sudo = Sudoers::grant();
+    let pid0 = d.pid();
+    let (out, env_file) = start(&d, &home, "daemon", &cache, &public, &["--daemon"]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        stderr(&out).contains("restarted the Nix daemon"),
+        "{}",
+        show(&out)
+    );
+    assert_ne!(d.pid(), pid0, "not restarted");
+    let conf1 = std::fs::read_to_string(d.conf()).unwrap();
+    assert!(conf1.starts_with(&conf0), "{conf1}");
+    for l in &lines {
+        assert_eq!(conf1.matches(l.as_str()).count(), 1, "{conf1}");
+    }
+    let b = build(&d, &home, &env_file);
+    assert!(b.status.success(), "{}", show(&b));
+    assert_eq!(stdout_lines(&b), std::slice::from_ref(&chain6));
+    let real = d.dir.join("dstore").join(chain6.trim_start_matches('/'));
+    assert!(
+        real.exists(),
+        "not in the daemon's store: {}",
+        real.display()
+    );
+
+    // Once is enough: nothing more added, no restart, no warning.
+    let pid1 = d.pid();
+    let (out, _) = start(&d, &home, "again", &cache, &public, &["--daemon"]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(!stderr(&out).contains("warning"), "{}", show(&out));
+    assert_eq!(std::fs::read_to_string(d.conf()).unwrap(), conf1);
+    assert_eq!(d.pid(), pid1);
+}
