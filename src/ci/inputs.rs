@@ -40,6 +40,10 @@ pub struct Inputs {
     pub configure_daemon: bool,
     /// A pull-only job: nothing is pushed.
     pub skip_push: bool,
+    /// Closure mode's roots (`--closure-of`, cachix-action's `pathsToPush`).
+    pub paths_to_push: Vec<String>,
+    /// `auto`: the diff plus its derivations' build closures.
+    pub closure: Option<String>,
     /// A bearer token for an http(s) cache (GitHub's `cache-token`).
     pub cache_token: Option<Secret<String>>,
     /// A signing key is given somewhere (set by [`Inputs::settle`]).
@@ -125,6 +129,16 @@ impl Inputs {
             )?,
             configure_daemon: parse_bool("configure-daemon", src.get("configure-daemon"))?,
             skip_push: parse_bool("skip-push", src.get("skip-push"))?,
+            paths_to_push: split_words(src.list("paths-to-push")),
+            closure: match src.get("closure").as_deref() {
+                None | Some("") | Some("diff") => None,
+                Some("auto") => Some("auto".to_string()),
+                Some(other) => {
+                    return Err(Error::Usage(format!(
+                        "input closure: expected diff or auto, got {other:?}"
+                    )))
+                }
+            },
             cache_token: None,
             has_key: false,
             state_dir: None,
@@ -215,6 +229,8 @@ impl Inputs {
         a.switch("--include-drv", self.include_drv);
         a.one("--upstream", self.upstream.as_deref());
         a.one("--jobs", self.jobs.as_deref());
+        a.many("--closure-of", &self.paths_to_push);
+        a.one("--closure", self.closure.as_deref());
         a.out
     }
 
@@ -384,6 +400,45 @@ mod tests {
         let start = strs(&i.args(Step::Start, &[]));
         assert!(start.contains(&"--no-configure".to_string()));
         assert!(!start.iter().any(|a| a.starts_with("--to")));
+    }
+
+    /// A source from name/value pairs.
+    struct Pairs(Vec<(&'static str, &'static str)>);
+
+    impl Source for Pairs {
+        fn get(&self, name: &str) -> Option<String> {
+            self.0
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+                .filter(|v| !v.is_empty())
+        }
+    }
+
+    #[test]
+    fn closure_inputs_reach_finish_only() {
+        let src = Pairs(vec![
+            ("paths-to-push", "./result\n.#default"),
+            ("closure", "diff"),
+        ]);
+        let i = Inputs::read(&src).unwrap();
+        let finish = strs(&i.args(Step::Finish, &[]));
+        assert!(
+            finish.contains(&"--closure-of=./result".to_string()),
+            "{finish:?}"
+        );
+        assert!(
+            finish.contains(&"--closure-of=.#default".to_string()),
+            "{finish:?}"
+        );
+        assert!(!finish.iter().any(|a| a.starts_with("--closure=")));
+        assert!(!strs(&i.args(Step::Start, &[]))
+            .iter()
+            .any(|a| a.starts_with("--closure")));
+        let auto = Inputs::read(&Pairs(vec![("closure", "auto")])).unwrap();
+        assert!(strs(&auto.args(Step::Run, &[])).contains(&"--closure=auto".to_string()));
+        let e = Inputs::read(&Pairs(vec![("closure", "all")])).unwrap_err();
+        assert!(e.to_string().contains("input closure"), "{e}");
     }
 
     #[test]

@@ -175,7 +175,40 @@ fn push_table(p: &Pushed) -> Table {
         );
         return t;
     };
-    t.row("new paths considered", plan.considered.to_string());
+    match &p.closure {
+        Some(c) => {
+            t.row("new paths (store diff)", p.new_paths.to_string());
+            t.row(
+                if c.auto {
+                    "closure: auto (the diff's derivations)".to_string()
+                } else {
+                    format!("closure of {} roots", c.roots)
+                },
+                format!("{} paths, {} older than start", c.candidates, c.predating),
+            );
+            if c.without_drv > 0 {
+                t.row(
+                    "roots without their .drv (runtime closure only)",
+                    c.without_drv.to_string(),
+                );
+            }
+            t.row("paths considered", plan.considered.to_string());
+        }
+        None => {
+            t.row("new paths considered", plan.considered.to_string());
+        }
+    }
+    if plan.asked > 0 || plan.known > 0 {
+        t.row(
+            "existence checks",
+            format!(
+                "{} asked in {}, {} known from the warm manifest",
+                plan.asked,
+                secs(plan.asked_secs),
+                plan.known
+            ),
+        );
+    }
     for (why, paths) in &plan.skipped {
         t.row(
             format!("skipped: {}", why.describe()),
@@ -266,6 +299,15 @@ fn md_line(e: &Error) -> String {
 /// The summary of `finish`: failures head it (a job that passes must
 /// still show them), then the push and save tables. Unless `strict`, each
 /// failure is also a warning annotation.
+/// What diff mode misses on a warm runner, and the way out.
+fn warm_hint(n: usize) -> String {
+    format!(
+        "{n} build-time dependencies of this job's outputs predate start and are not known to be \
+         in the cache (a warm runner's store): the diff does not push them, so a fresh runner \
+         rebuilds them. `closure: auto` (finish --closure auto) pushes them too"
+    )
+}
+
 pub fn finish_summary(fe: &dyn Frontend, done: &Finished, strict: bool) -> String {
     let mut headline = String::new();
     let push_fault = done.faults.iter().find(|(s, _)| *s == Step::Push);
@@ -287,6 +329,11 @@ pub fn finish_summary(fe: &dyn Frontend, done: &Finished, strict: bool) -> Strin
     }
     let mut md = String::new();
     if let Some(p) = &done.pushed {
+        if p.warm_misses > 0 {
+            let hint = warm_hint(p.warm_misses);
+            fe.notice(&hint);
+            headline.push_str(&format!("{hint}\n\n"));
+        }
         md.push_str(&push_table(p).markdown());
     }
     if let Some((facts, r)) = &done.saved {

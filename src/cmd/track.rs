@@ -10,6 +10,7 @@ use nixdelta::error::{exit, Error, Result};
 use nixdelta::job::{
     self, ArchiveConfig, FilterConfig, JobConfig, KeySpec, PushConfig, WarmConfig,
 };
+use nixdelta::pipeline::closure;
 use nixdelta::pipeline::read_side::ReadSide;
 use nixdelta::pipeline::snapshot::State;
 use nixdelta::size::Size;
@@ -151,6 +152,16 @@ pub struct FinishArgs {
     /// A cache never duplicated: paths whose narinfo it serves are not pushed.
     #[arg(long, value_name = "URL")]
     pub upstream: Option<String>,
+    /// Push the build-time closure of X present in the store (repeatable;
+    /// whitespace-separated in the variable): a store path, a `.drv`, a
+    /// `result` link or a flake installable (`.#pkg`). It includes
+    /// dependencies older than `start` (a warm runner's store).
+    #[arg(long, value_name = "X", env = "NIXDELTA_CLOSURE_OF")]
+    pub closure_of: Vec<String>,
+    /// `auto`: the diff plus the build-time closures of its paths'
+    /// derivations; `diff` (default): the diff only.
+    #[arg(long, value_name = "MODE", env = "NIXDELTA_CLOSURE", value_parser = ["diff", "auto"])]
+    pub closure: Option<String>,
     /// Print the push plan and upload nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -239,9 +250,29 @@ fn job_config(store_root: Option<&Path>, f: &FinishArgs, a: &ArchiveArgs) -> Res
             upstream: f.upstream.clone(),
             dry_run: f.dry_run,
             skip: f.skip_push,
+            closure: closure_mode(f)?,
         },
         ..archive_config(store_root, a, f.strict)?
     })
+}
+
+/// `--closure-of` (each value split on whitespace, as a multi-line CI
+/// input gives it) or `--closure auto`; not both.
+fn closure_mode(f: &FinishArgs) -> Result<closure::Mode> {
+    let of: Vec<String> = f
+        .closure_of
+        .iter()
+        .flat_map(|v| v.split_whitespace())
+        .map(str::to_string)
+        .collect();
+    match (of.is_empty(), f.closure.as_deref()) {
+        (false, Some("auto")) => Err(Error::Usage(
+            "--closure-of and --closure auto: give one (auto finds the roots itself)".into(),
+        )),
+        (false, _) => Ok(closure::Mode::Of(of)),
+        (true, Some("auto")) => Ok(closure::Mode::Auto),
+        (true, _) => Ok(closure::Mode::Diff),
+    }
 }
 
 fn env_var(name: &str) -> Option<String> {

@@ -174,6 +174,8 @@ pub struct PushConfig {
     pub dry_run: bool,
     /// A pull-only job: the cache is read, nothing is pushed.
     pub skip: bool,
+    /// What is pushed: the diff, closures of roots, or both.
+    pub closure: crate::pipeline::closure::Mode,
 }
 
 impl PushConfig {

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use crate::archive::SaveReport;
 use crate::error::{Error, Result};
+use crate::pipeline::closure::{self, Mode};
 use crate::pipeline::diff;
 use crate::pipeline::filter::Filters;
 use crate::pipeline::snapshot::State;
@@ -15,7 +16,7 @@ use crate::store::{PathInfo, Store};
 
 use super::config::JobConfig;
 use super::observer::{grouped, Observer};
-use super::push::{push, Pushed};
+use super::push::{push, Candidates, ClosureFacts, Pushed};
 use super::save::{save, SaveInput};
 use super::state::{ArchiveFacts, Restored};
 use super::warm;
@@ -97,6 +98,46 @@ fn archive_facts(cfg: &JobConfig, st: &State) -> Option<ArchiveFacts> {
     Some(facts)
 }
 
+/// What the push considers, and its filters: the diff (whose sources
+/// only, not restored ones, count as the repository's), or closure mode's
+/// paths (scanned for the repository's source in turn).
+fn push_candidates<'a>(cfg: &JobConfig, p: &'a Prepared) -> Result<(Candidates<'a>, Filters)> {
+    if cfg.push.closure == Mode::Diff {
+        let mut filters = p.filters.clone();
+        filters
+            .self_sources
+            .retain(|s| p.new.iter().any(|i| i.path == *s));
+        let c = Candidates {
+            new: &p.new,
+            paths: p.new.clone(),
+            closure: None,
+        };
+        return Ok((c, filters));
+    }
+    let t = std::time::Instant::now();
+    let c = closure::candidates(&p.store, &cfg.push.closure, &p.new)?;
+    tracing::info!(
+        "closure: {} paths from {} roots in {:.1} ms",
+        c.paths.len(),
+        c.roots,
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    let filters = cfg.filters.filters(&p.store, &c.paths)?;
+    let facts = ClosureFacts {
+        auto: cfg.push.closure == Mode::Auto,
+        roots: c.roots,
+        without_drv: c.without_drv,
+        candidates: c.paths.len(),
+        predating: c.predating,
+    };
+    let c = Candidates {
+        new: &p.new,
+        paths: c.paths,
+        closure: Some(facts),
+    };
+    Ok((c, filters))
+}
+
 /// Push, warm manifest, then archive save.
 pub fn finish(cfg: &JobConfig, st: &State, obs: &dyn Observer) -> Result<Finished> {
     same_store(st, cfg.store_root.as_deref())?;
@@ -112,12 +153,9 @@ pub fn finish(cfg: &JobConfig, st: &State, obs: &dyn Observer) -> Result<Finishe
     let key = || key.get_or_init(|| cfg.key.compute());
     let pushed = grouped(obs, "nixdelta: push to the binary cache", || {
         let p = prepared.as_ref().map_err(Error::again)?;
-        // The push sees only this job's paths' sources, not restored ones.
-        let mut filters = p.filters.clone();
-        filters
-            .self_sources
-            .retain(|s| p.new.iter().any(|i| i.path == *s));
-        let (pushed, target) = push(cfg, &p.store, p.new.clone(), &filters, obs)?;
+        let (candidates, filters) = push_candidates(cfg, p)?;
+        let k = key().as_ref().ok();
+        let (pushed, target) = push(cfg, &p.store, candidates, &filters, k, obs)?;
         let mut warm_error = None;
         if let (None, Some(t), Some(plan), Some(report), true) = (
             &pushed.error,

@@ -1,5 +1,6 @@
 //! The steps of a job, one module each, in data-flow order.
 
+pub mod closure;
 pub mod daemon;
 pub mod diff;
 pub mod filter;

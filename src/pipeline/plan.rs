@@ -52,6 +52,9 @@ pub struct PlanOptions {
     pub filters: Filters,
     /// Key names whose signature means "upstream has it" (`cache.nixos.org-1`).
     pub upstream_keys: Vec<String>,
+    /// Paths known to be on the target without asking it (the warm
+    /// manifest a job signed), so a big closure costs few requests.
+    pub known_on_target: HashSet<StorePath>,
 }
 
 /// What the plan needs of a store: its directory, and the info of a path
@@ -83,6 +86,11 @@ pub struct PushPlan {
     /// Paths the uploads may reference without uploading them (on the
     /// target or upstream).
     pub present: HashSet<StorePath>,
+    /// Existence checks asked of the caches, and how long they took.
+    pub asked: usize,
+    pub asked_secs: f64,
+    /// Candidates found on the target through `known_on_target`.
+    pub known: usize,
 }
 
 impl PushPlan {
@@ -133,6 +141,14 @@ pub fn plan(
                 plan.skipped.entry(why).or_default().push(info.path.clone());
                 dropped.insert(info.path.clone(), info);
             }
+            None if opts.known_on_target.contains(&info.path) => {
+                plan.known += 1;
+                plan.present.insert(info.path.clone());
+                plan.skipped
+                    .entry(Skip::OnTarget)
+                    .or_default()
+                    .push(info.path);
+            }
             None => kept.push(info),
         }
     }
@@ -155,7 +171,7 @@ fn remove_present(
     why: Skip,
 ) -> Result<Vec<PathInfo>> {
     let paths: Vec<StorePath> = infos.iter().map(|i| i.path.clone()).collect();
-    let has = cache.has_narinfos(&paths)?;
+    let has = asked(plan, cache, &paths)?;
     let mut keep = Vec::new();
     for (info, has) in infos.into_iter().zip(has) {
         if has {
@@ -166,6 +182,15 @@ fn remove_present(
         }
     }
     Ok(keep)
+}
+
+/// `cache.has_narinfos`, counted and timed for the summary.
+fn asked(plan: &mut PushPlan, cache: &dyn BinaryCache, paths: &[StorePath]) -> Result<Vec<bool>> {
+    let t = std::time::Instant::now();
+    let has = cache.has_narinfos(paths)?;
+    plan.asked += paths.len();
+    plan.asked_secs += t.elapsed().as_secs_f64();
+    Ok(has)
 }
 
 /// Drops the kept paths that refer, directly or through other kept paths,
@@ -221,7 +246,7 @@ fn pull_in_references(
         if missing.is_empty() {
             continue;
         }
-        let on_target = target.has_narinfos(&missing)?;
+        let on_target = asked(plan, target, &missing)?;
         let mut need = Vec::new();
         for (path, has) in missing.into_iter().zip(on_target) {
             if has {
@@ -231,7 +256,7 @@ fn pull_in_references(
             }
         }
         if let (Some(up), false) = (upstream, need.is_empty()) {
-            let has = up.has_narinfos(&need)?;
+            let has = asked(plan, up, &need)?;
             let mut still = Vec::new();
             for (path, has) in need.into_iter().zip(has) {
                 if has {
@@ -348,6 +373,7 @@ mod tests {
                 ..Filters::default()
             },
             upstream_keys: vec!["cache.nixos.org-1".into()],
+            ..PlanOptions::default()
         };
         let plan = plan(&store, candidates, &opts, &target, None).unwrap();
         assert_eq!(plan.considered, 5);
@@ -390,6 +416,23 @@ mod tests {
         assert_eq!(names(&uploaded), ["independent"]);
         assert_eq!(plan.skipped_count(Skip::SelfSource), 1);
         assert_eq!(plan.skipped_count(Skip::NeedsSelfSource), 2);
+    }
+
+    #[test]
+    fn paths_known_on_the_target_are_not_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = FileCache::open_read_only("file:///t", dir.path());
+        let (a, b) = (path(1, "a"), path(2, "b"));
+        let opts = PlanOptions {
+            known_on_target: [a.clone()].into(),
+            ..PlanOptions::default()
+        };
+        let candidates = vec![info(&a, &[]), info(&b, &[&a])];
+        let plan = plan(&Memory(HashMap::new()), candidates, &opts, &target, None).unwrap();
+        assert_eq!((plan.known, plan.asked), (1, 1));
+        assert_eq!(plan.skipped_count(Skip::OnTarget), 1);
+        let uploaded: Vec<StorePath> = plan.upload.iter().map(|i| i.path.clone()).collect();
+        assert_eq!(names(&uploaded), ["b"]);
     }
 
     #[test]

@@ -47,6 +47,13 @@ pub fn push_line(plan: &PushPlan, up: &UploadReport) -> String {
 /// One line per reason, for `--dry-run` and the finish summary.
 pub fn plan_lines(plan: &PushPlan) -> Vec<String> {
     let mut lines = vec![format!("{:>7}  new paths considered", plan.considered)];
+    if plan.asked > 0 || plan.known > 0 {
+        lines.push(format!(
+            "{:>7}  existence checks asked of the caches in {:.2} s ({} known from the warm \
+             manifest)",
+            plan.asked, plan.asked_secs, plan.known
+        ));
+    }
     for (why, paths) in &plan.skipped {
         lines.push(format!("{:>7}  skipped: {}", paths.len(), why.describe()));
     }

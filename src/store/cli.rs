@@ -111,6 +111,46 @@ impl Cli {
         Ok(paths.iter().map(|p| found.remove(p)).collect())
     }
 
+    /// The outputs of each derivation, valid or not (the caller checks).
+    pub fn derivation_outputs(
+        &self,
+        drvs: &[StorePath],
+        store_dir: &str,
+    ) -> Result<Vec<Vec<StorePath>>> {
+        drvs.iter()
+            .map(|d| {
+                let args = [
+                    "--query".into(),
+                    "--outputs".into(),
+                    d.to_absolute(store_dir),
+                ];
+                self.run("nix-store", &args)?
+                    .lines()
+                    .map(|l| parse(l, store_dir))
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// The `.drv` an installable (`.#pkg`, `nixpkgs#hello`, a file with
+    /// `-A`) evaluates to, instantiated in the store.
+    pub fn derivation_of(&self, installable: &str, store_dir: &str) -> Result<StorePath> {
+        let args = [
+            "--extra-experimental-features".into(),
+            "flakes".into(),
+            "path-info".into(),
+            "--derivation".into(),
+            installable.to_string(),
+        ];
+        let out = self.run("nix", &args)?;
+        let line = out.lines().next().ok_or_else(|| {
+            Error::Store(format!(
+                "{installable}: nix path-info printed no derivation"
+            ))
+        })?;
+        parse(line, store_dir)
+    }
+
     pub fn all_paths(&self, store_dir: &str) -> Result<Vec<StorePath>> {
         let out = self.run("nix", &["path-info".into(), "--all".into()])?;
         out.lines().map(|l| parse(l, store_dir)).collect()

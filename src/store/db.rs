@@ -172,6 +172,41 @@ impl Db {
             .collect()
     }
 
+    /// The valid outputs of each derivation (`DerivationOutputs`, which
+    /// Nix fills when it registers a `.drv`), in the order given.
+    pub fn derivation_outputs(
+        &self,
+        drvs: &[StorePath],
+        store_dir: &str,
+    ) -> Result<Vec<Vec<StorePath>>> {
+        let tx = self.conn.unchecked_transaction().map_err(db_err)?;
+        let mut st = tx
+            .prepare_cached(
+                "SELECT o.path FROM ValidPaths d JOIN DerivationOutputs o ON o.drv = d.id \
+                 JOIN ValidPaths v ON v.path = o.path WHERE d.path = ?1",
+            )
+            .map_err(db_err)?;
+        let mut out = Vec::with_capacity(drvs.len());
+        for drv in drvs {
+            let paths = st
+                .query_map(params![drv.to_absolute(store_dir)], |r| {
+                    r.get::<_, String>(0)
+                })
+                .map_err(db_err)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(db_err)?;
+            out.push(
+                paths
+                    .iter()
+                    .map(|p| parse_path(p, store_dir))
+                    .collect::<Result<_>>()?,
+            );
+        }
+        drop(st);
+        tx.finish().map_err(db_err)?;
+        Ok(out)
+    }
+
     pub fn all_paths(&self, store_dir: &str) -> Result<Vec<StorePath>> {
         let mut st = self
             .conn

@@ -224,6 +224,62 @@ impl Store {
         Ok(out)
     }
 
+    /// The build-time closure of `roots` present in the store, as
+    /// `nix-store -qR --include-outputs`: references, and for every `.drv`
+    /// reached, its outputs that are valid. Invalid roots are an error.
+    pub fn build_closure(&self, roots: &[StorePath]) -> Result<Vec<PathInfo>> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        let mut frontier: Vec<StorePath> = roots.to_vec();
+        frontier.retain(|p| seen.insert(p.clone()));
+        let mut is_root = true;
+        while !frontier.is_empty() {
+            let infos = self.path_infos(&frontier)?;
+            let mut next = Vec::new();
+            let mut drvs = Vec::new();
+            for (path, info) in frontier.iter().zip(infos) {
+                let Some(info) = info else {
+                    // Outputs are checked for validity here, not before.
+                    if is_root {
+                        return Err(Error::Path(format!(
+                            "{}: not valid in the store",
+                            path.to_absolute(&self.store_dir)
+                        )));
+                    }
+                    continue;
+                };
+                for r in &info.references {
+                    if seen.insert(r.clone()) {
+                        next.push(r.clone());
+                    }
+                }
+                if path.is_derivation() {
+                    drvs.push(path.clone());
+                }
+                out.push(info);
+            }
+            for outputs in self.derivation_outputs(&drvs)? {
+                next.extend(outputs.into_iter().filter(|o| seen.insert(o.clone())));
+            }
+            frontier = next;
+            is_root = false;
+        }
+        Ok(out)
+    }
+
+    /// The outputs of each derivation (valid or not).
+    pub fn derivation_outputs(&self, drvs: &[StorePath]) -> Result<Vec<Vec<StorePath>>> {
+        match &self.backend {
+            Backend::Db(db) => db.derivation_outputs(drvs, &self.store_dir),
+            Backend::Cli(cli) => cli.derivation_outputs(drvs, &self.store_dir),
+        }
+    }
+
+    /// The `.drv` of an installable, evaluated by Nix into this store.
+    pub fn derivation_of(&self, installable: &str) -> Result<StorePath> {
+        cli::Cli::new(self.root.as_deref())?.derivation_of(installable, &self.store_dir)
+    }
+
     /// The current snapshot. Needs the DB.
     pub fn snapshot(&self) -> Result<Snapshot> {
         match &self.backend {

@@ -12,6 +12,7 @@ mod ci_buildkite;
 mod ci_github;
 mod ci_gitlab;
 mod ci_track;
+mod closure;
 mod daemon;
 mod errors;
 mod hardening;
