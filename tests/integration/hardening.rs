@@ -563,10 +563,13 @@ impl Drop for SmallDisk {
 fn full_disks_and_unusable_state_dirs_exit_1() {
     let env = Env::new();
     let backend = format!("dir:{}", env.path("archives").display());
-    // 2 MiB that does not compress, for a 1 MiB disk.
+    // 8 MiB that does not compress, for a 1 MiB disk: more 1 MiB chunks
+    // than the unpacker's queue holds, so the reader is usually still
+    // feeding the NAR when the unpacker fails. That must read as the full
+    // disk; CI once saw it reported as a corrupt archive (a timing race).
     let big = env.path("big.bin");
     let mut f = std::fs::File::open("/dev/urandom").unwrap();
-    let mut data = vec![0u8; 2 << 20];
+    let mut data = vec![0u8; 8 << 20];
     std::io::Read::read_exact(&mut f, &mut data).unwrap();
     std::fs::write(&big, &data).unwrap();
     let path = stdout_lines(&ok(env.nix("nix-store").arg("--add").arg(&big))).remove(0);

@@ -150,7 +150,11 @@ pub(super) fn direct<R: Read>(
                         src.read_exact(&mut buf).map_err(|e| read_err(what, e))?;
                         left -= n as u64;
                         if tx.send(buf).is_err() {
-                            break; // the unpacker failed; it reports why
+                            // The unpacker failed (e.g. a full disk) and
+                            // reports why. Stop reading: going on to the next
+                            // entry from the middle of this NAR would report a
+                            // corrupt archive instead of the real cause.
+                            return Ok(());
                         }
                     }
                 }
