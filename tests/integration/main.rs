@@ -15,6 +15,7 @@ mod ci_track;
 mod daemon;
 mod errors;
 mod hardening;
+mod matrix;
 mod push;
 mod read_side;
 mod track;
