@@ -133,6 +133,42 @@ fn single_user(suite: &str, version: &str) {
     let value = env.path("fresh").join(&chain6[1..]).join("value");
     assert_eq!(std::fs::read_to_string(value).unwrap().trim(), "8");
 
+    // The store diff reads this Nix's DB schema: start, build, finish pushes
+    // only what was realised after start (fib-0..6), none of the chain.
+    let state = s("state");
+    run("store", "start", &[bin, "start", "--state-dir", &state]);
+    run(
+        "store",
+        "build fib6",
+        &["nix-build", &fib, "-A", "fib6", "--no-out-link"],
+    );
+    let url2 = format!("file://{}", s("cache2"));
+    let fin = run(
+        "store",
+        "finish",
+        &[
+            bin,
+            "finish",
+            "--json",
+            "--state-dir",
+            &state,
+            "--to",
+            &url2,
+            "--secret-key-file",
+            &sec,
+        ],
+    );
+    let plan: serde_json::Value = serde_json::from_slice(&fin.stdout).unwrap();
+    let mut names: Vec<String> = plan["report"]["uploaded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap()[44..].to_string())
+        .collect();
+    names.sort();
+    let want: Vec<String> = (0..7).map(|i| format!("fib-{i}")).collect();
+    assert_eq!(names, want, "{plan:#}");
+
     // Archive round trip with the dir: backend, read back by this Nix.
     let backend = format!("dir:{}", s("archives"));
     let save = run(
