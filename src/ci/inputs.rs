@@ -44,6 +44,9 @@ pub struct Inputs {
     pub paths_to_push: Vec<String>,
     /// `auto`: the diff plus its derivations' build closures.
     pub closure: Option<String>,
+    /// Job scoping on a shared store (`--scope`), and its registry.
+    pub scope: Option<String>,
+    pub jobs_dir: Option<String>,
     /// A bearer token for an http(s) cache (GitHub's `cache-token`).
     pub cache_token: Option<Secret<String>>,
     /// A signing key is given somewhere (set by [`Inputs::settle`]).
@@ -139,6 +142,16 @@ impl Inputs {
                     )))
                 }
             },
+            scope: match src.get("scope").as_deref() {
+                None | Some("") | Some("auto") => None,
+                Some("off") => Some("off".to_string()),
+                Some(other) => {
+                    return Err(Error::Usage(format!(
+                        "input scope: expected auto or off, got {other:?}"
+                    )))
+                }
+            },
+            jobs_dir: src.get("jobs-dir").filter(|s| !s.is_empty()),
             cache_token: None,
             has_key: false,
             state_dir: None,
@@ -216,6 +229,9 @@ impl Inputs {
                 .map(|d| d.to_string_lossy().into_owned());
             a.one("--state-dir", dir.as_deref());
         }
+        // Scoping: start registers the job, finish reads the registry.
+        a.one("--scope", self.scope.as_deref());
+        a.one("--jobs-dir", self.jobs_dir.as_deref());
         if step != Step::Finish {
             self.read_args(step, &mut a);
         }
@@ -435,6 +451,14 @@ mod tests {
         assert!(!strs(&i.args(Step::Start, &[]))
             .iter()
             .any(|a| a.starts_with("--closure")));
+        let off = Inputs::read(&Pairs(vec![("scope", "off"), ("jobs-dir", "/srv/jobs")])).unwrap();
+        for step in [Step::Start, Step::Finish, Step::Run] {
+            let a = strs(&off.args(step, &[]));
+            assert!(a.contains(&"--scope=off".to_string()), "{a:?}");
+            assert!(a.contains(&"--jobs-dir=/srv/jobs".to_string()), "{a:?}");
+        }
+        let e = Inputs::read(&Pairs(vec![("scope", "none")])).unwrap_err();
+        assert!(e.to_string().contains("input scope"), "{e}");
         let auto = Inputs::read(&Pairs(vec![("closure", "auto")])).unwrap();
         assert!(strs(&auto.args(Step::Run, &[])).contains(&"--closure=auto".to_string()));
         let e = Inputs::read(&Pairs(vec![("closure", "all")])).unwrap_err();

@@ -15,6 +15,7 @@ use nixdelta::pipeline::upload::UploadReport;
 
 use crate::ci::{secs, Frontend, Table};
 use nixdelta::job::push::Pushed;
+use nixdelta::job::scope::ScopeFacts;
 
 /// The front end in use, watching a job; the plan goes to `out`.
 pub struct Report<'a> {
@@ -157,7 +158,7 @@ pub fn restore_table(facts: &ArchiveFacts, r: Option<&RestoreReport>) -> Table {
     t
 }
 
-fn push_table(p: &Pushed) -> Table {
+fn push_table(p: &Pushed, scope: Option<&ScopeFacts>) -> Table {
     let title = match &p.target {
         Some(t) => format!("nixdelta: push to `{}`", redact_url(t)),
         None => "nixdelta: push".to_string(),
@@ -197,6 +198,17 @@ fn push_table(p: &Pushed) -> Table {
         None => {
             t.row("new paths considered", plan.considered.to_string());
         }
+    }
+    if let Some(s) = scope {
+        t.row(
+            "shared store: other jobs overlapping",
+            format!("{} (this job's roots: {})", s.overlapping, s.roots),
+        );
+        t.row("claimed by this job's roots", s.by_roots.to_string());
+        t.row(
+            "not pushed: realised by another job",
+            format!("{} ({} of NAR)", s.held, mb(s.held_bytes)),
+        );
     }
     if plan.asked > 0 || plan.known > 0 {
         t.row(
@@ -308,6 +320,17 @@ fn warm_hint(n: usize) -> String {
     )
 }
 
+/// Why paths of a shared store were held back, and the ways out.
+fn scope_hint(s: &ScopeFacts) -> String {
+    format!(
+        "{} paths realised on this store while {} other job(s) ran are in no build closure of \
+         this job's roots: not pushed (realised by another job). Name this job's outputs with \
+         `paths-to-push` (finish --closure-of), or keep their result links in the workspace; \
+         `scope: off` (--scope off) if the jobs sharing this store may share a cache",
+        s.held, s.overlapping
+    )
+}
+
 pub fn finish_summary(fe: &dyn Frontend, done: &Finished, strict: bool) -> String {
     let mut headline = String::new();
     let push_fault = done.faults.iter().find(|(s, _)| *s == Step::Push);
@@ -334,7 +357,12 @@ pub fn finish_summary(fe: &dyn Frontend, done: &Finished, strict: bool) -> Strin
             fe.notice(&hint);
             headline.push_str(&format!("{hint}\n\n"));
         }
-        md.push_str(&push_table(p).markdown());
+        if let Some(s) = done.scope.as_ref().filter(|s| s.held > 0) {
+            let hint = scope_hint(s);
+            fe.notice(&hint);
+            headline.push_str(&format!("{hint}\n\n"));
+        }
+        md.push_str(&push_table(p, done.scope.as_ref()).markdown());
     }
     if let Some((facts, r)) = &done.saved {
         md.push_str(&save_table(facts, r).markdown());

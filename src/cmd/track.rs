@@ -36,6 +36,34 @@ impl StateArgs {
     }
 }
 
+/// Job scoping on a store shared by concurrent jobs.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct ScopeArgs {
+    /// `auto` (default): when other jobs realised paths in this store
+    /// meanwhile, push only this job's (see README, "Shared stores");
+    /// `off`: the whole diff.
+    #[arg(long, value_name = "MODE", env = "NIXDELTA_SCOPE", value_parser = ["auto", "off"])]
+    pub scope: Option<String>,
+    /// The job's checkout, where its `result` links are (default: the CI's
+    /// checkout variable, else the directory start runs in).
+    #[arg(long, value_name = "DIR", env = "NIXDELTA_WORKSPACE")]
+    pub workspace: Option<PathBuf>,
+    /// The registry of the jobs sharing this store (default:
+    /// <store>/nix/var/nixdelta/jobs); every job on the store must see it.
+    #[arg(long, value_name = "DIR", env = "NIXDELTA_JOBS_DIR")]
+    pub jobs_dir: Option<PathBuf>,
+}
+
+impl ScopeArgs {
+    fn config(&self) -> job::scope::ScopeConfig {
+        job::scope::ScopeConfig {
+            enabled: self.scope.as_deref() != Some("off"),
+            workspace: self.workspace.clone(),
+            jobs_dir: self.jobs_dir.clone(),
+        }
+    }
+}
+
 /// The store archive: restored by `start`, saved by `finish`.
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct ArchiveArgs {
@@ -121,6 +149,8 @@ pub struct StartArgs {
     pub secret_key_file: Option<PathBuf>,
     #[command(flatten)]
     pub configure: ConfigureArgs,
+    #[command(flatten)]
+    pub scope: ScopeArgs,
     /// Fail (non-zero exit) when the archive cannot be restored.
     #[arg(long, env = "NIXDELTA_STRICT")]
     pub strict: bool,
@@ -171,6 +201,8 @@ pub struct FinishArgs {
     /// Print the plan (and report) as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub scope: ScopeArgs,
     /// Fail (non-zero exit) on cache errors instead of warning.
     #[arg(long, env = "NIXDELTA_STRICT")]
     pub strict: bool,
@@ -216,6 +248,7 @@ fn start_config(store_root: Option<&Path>, args: &StartArgs) -> Result<JobConfig
             ..PushConfig::default()
         },
         read: args.configure.config(),
+        scope: args.scope.config(),
         ..archive_config(store_root, &args.archive, args.strict)?
     })
 }
@@ -252,6 +285,7 @@ fn job_config(store_root: Option<&Path>, f: &FinishArgs, a: &ArchiveArgs) -> Res
             skip: f.skip_push,
             closure: closure_mode(f)?,
         },
+        scope: f.scope.config(),
         ..archive_config(store_root, a, f.strict)?
     })
 }

@@ -24,6 +24,8 @@ pub struct JobConfig {
     pub filters: FilterConfig,
     pub push: PushConfig,
     pub read: ReadConfig,
+    /// Telling this job's paths from other jobs' on a shared store.
+    pub scope: super::scope::ScopeConfig,
     /// Cache faults fail the job instead of warning.
     pub strict: bool,
 }

@@ -18,6 +18,7 @@ use super::config::JobConfig;
 use super::observer::{grouped, Observer};
 use super::push::{push, Candidates, ClosureFacts, Pushed};
 use super::save::{save, SaveInput};
+use super::scope::{self, ScopeFacts};
 use super::state::{ArchiveFacts, Restored};
 use super::warm;
 
@@ -36,6 +37,8 @@ pub struct Finished {
     pub saved: Option<(ArchiveFacts, SaveReport)>,
     /// Cache faults in the order they happened.
     pub faults: Vec<(Step, Error)>,
+    /// Job scoping, when other jobs shared the store meanwhile.
+    pub scope: Option<ScopeFacts>,
 }
 
 /// The job's store, its diff and its filters, computed once.
@@ -47,6 +50,7 @@ struct Prepared {
     with_restored: Option<Vec<PathInfo>>,
     /// The filters of the candidates (repository source scanned once).
     filters: Filters,
+    scope: Option<ScopeFacts>,
 }
 
 fn prepare(cfg: &JobConfig, st: &State, facts: Option<&ArchiveFacts>) -> Result<Prepared> {
@@ -62,6 +66,9 @@ fn prepare(cfg: &JobConfig, st: &State, facts: Option<&ArchiveFacts>) -> Result<
         Some(base) => Some(diff::diff(&store, base)?),
         None => None,
     };
+    // On a shared store, only this job's paths go on.
+    let scoped = scope::apply(cfg, &store, st, new, with_restored)?;
+    let (new, with_restored) = (scoped.new, scoped.with_restored);
     let filters = cfg
         .filters
         .filters(&store, with_restored.as_deref().unwrap_or(&new))?;
@@ -70,6 +77,7 @@ fn prepare(cfg: &JobConfig, st: &State, facts: Option<&ArchiveFacts>) -> Result<
         new,
         with_restored,
         filters,
+        scope: scoped.facts,
     })
 }
 
@@ -146,8 +154,12 @@ pub fn finish(cfg: &JobConfig, st: &State, obs: &dyn Observer) -> Result<Finishe
         pushed: None,
         saved: None,
         faults: Vec::new(),
+        scope: None,
     };
     let prepared = prepare(cfg, st, facts.as_ref());
+    if let Ok(p) = &prepared {
+        done.scope = p.scope.clone();
+    }
     // Needed by the warm manifest and a save without start's key, if at all.
     let key = std::cell::OnceCell::new();
     let key = || key.get_or_init(|| cfg.key.compute());

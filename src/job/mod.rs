@@ -14,6 +14,7 @@ pub mod push;
 pub mod read;
 pub mod restore;
 pub mod save;
+pub mod scope;
 pub mod state;
 pub mod warm;
 

@@ -27,6 +27,15 @@ pub struct Started {
 /// either way.
 pub fn start(cfg: &JobConfig, obs: &dyn Observer) -> Result<Started> {
     let root = cfg.store_root.as_deref();
+    // Before the restore: the paths it adds are this job's.
+    let job = super::scope::register(cfg, obs)?;
+    let take = || -> Result<State> {
+        let mut st = snapshot::take(root)?;
+        if let Some(j) = &job {
+            j.record(&mut st);
+        }
+        Ok(st)
+    };
     // One key for the warm start and the archive, computed once.
     let key = std::cell::OnceCell::new();
     let key = || key.get_or_init(|| cfg.key.compute());
@@ -45,7 +54,7 @@ pub fn start(cfg: &JobConfig, obs: &dyn Observer) -> Result<Started> {
     let a = &cfg.archive;
     let Some(backend) = &a.backend else {
         return Ok(Started {
-            state: snapshot::take(root)?,
+            state: take()?,
             archive: None,
         });
     };
@@ -68,7 +77,7 @@ pub fn start(cfg: &JobConfig, obs: &dyn Observer) -> Result<Started> {
             None
         }
     };
-    let mut state = snapshot::take(root)?;
+    let mut state = take()?;
     facts.record(&mut state);
     obs.output("cache-key", facts.key.as_deref().unwrap_or(""));
     let hit = facts.outcome == Restored::Hit;

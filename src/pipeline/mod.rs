@@ -8,6 +8,7 @@ pub mod pack;
 pub mod plan;
 pub mod push;
 pub mod read_side;
+pub mod scope;
 pub mod self_source;
 pub mod snapshot;
 pub mod summary;

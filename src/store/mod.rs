@@ -10,6 +10,7 @@ pub mod daemon;
 mod db;
 pub mod features;
 pub mod import;
+pub mod jobs;
 pub mod leftovers;
 pub mod substitute;
 

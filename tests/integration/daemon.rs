@@ -14,14 +14,14 @@ const USER: &str = "nixdelta-job";
 
 /// A `nix-daemon` started (and restarted, by nixdelta) through scripts,
 /// as an init system would; stopped on drop.
-struct NixDaemon {
+pub(crate) struct NixDaemon {
     dir: PathBuf,
     restart: PathBuf,
     stop: PathBuf,
 }
 
 impl NixDaemon {
-    fn start(dir: &Path) -> NixDaemon {
+    pub(crate) fn start(dir: &Path) -> NixDaemon {
         let etc = dir.join("etc");
         std::fs::create_dir_all(&etc).unwrap();
         std::fs::write(
@@ -73,8 +73,13 @@ impl NixDaemon {
         d
     }
 
-    fn socket(&self) -> PathBuf {
+    pub(crate) fn socket(&self) -> PathBuf {
         self.dir.join("socket")
+    }
+
+    /// The store it serves (a chroot store: nixdelta's `--store`).
+    pub(crate) fn store(&self) -> PathBuf {
+        self.dir.join("dstore")
     }
 
     fn conf(&self) -> PathBuf {

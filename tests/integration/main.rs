@@ -19,6 +19,7 @@ mod hardening;
 mod matrix;
 mod push;
 mod read_side;
+mod shared_store;
 mod track;
 mod workload;
 
