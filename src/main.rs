@@ -40,7 +40,8 @@ impl Cli {
             Command::Push { job, .. }
             | Command::Start { job, .. }
             | Command::Finish { job, .. }
-            | Command::Run { job, .. } => job.clone(),
+            | Command::Run { job, .. }
+            | Command::Watch { job, .. } => job.clone(),
             Command::Archive { store, .. } => JobOpt {
                 store: store.store.clone(),
                 ..JobOpt::default()
@@ -230,6 +231,15 @@ store archive saved on a key miss or a partial hit.",
     /// Write the NAR of a store path to stdout (as `nix-store --dump`).
     #[command(hide = true)]
     Nar { path: PathBuf },
+    /// The background uploader `start --watch` leaves running (started by
+    /// start with start's options, never by hand).
+    #[command(hide = true)]
+    Watch {
+        #[command(flatten)]
+        job: JobOpt,
+        #[command(flatten)]
+        args: cmd::track::StartArgs,
+    },
 }
 
 /// A `NIXDELTA_*` variable set but empty means unset (CI templates often
@@ -287,6 +297,8 @@ fn with_ci_inputs(cli: Cli) -> Result<Cli> {
     if argv.len() == n {
         return Ok(cli);
     }
+    // start --watch hands the uploader the options the inputs added.
+    cmd::set_argv(argv.clone());
     Ok(Cli::try_parse_from(argv).unwrap_or_else(|e| e.exit()))
 }
 
@@ -344,6 +356,7 @@ fn run(cli: Cli) -> Result<i32> {
             cmd::push::push_cmd(&store, &args, &paths)
         }
         Command::Start { args, .. } => cmd::track::start(store_root, &args),
+        Command::Watch { args, .. } => cmd::track::watch(store_root, &args),
         Command::Finish {
             state,
             args,

@@ -47,6 +47,8 @@ pub struct Inputs {
     /// Job scoping on a shared store (`--scope`), and its registry.
     pub scope: Option<String>,
     pub jobs_dir: Option<String>,
+    /// Push while the job builds (`start --watch`).
+    pub watch: bool,
     /// A bearer token for an http(s) cache (GitHub's `cache-token`).
     pub cache_token: Option<Secret<String>>,
     /// A signing key is given somewhere (set by [`Inputs::settle`]).
@@ -152,6 +154,7 @@ impl Inputs {
                 }
             },
             jobs_dir: src.get("jobs-dir").filter(|s| !s.is_empty()),
+            watch: parse_bool("watch", src.get("watch"))?,
             cache_token: None,
             has_key: false,
             state_dir: None,
@@ -236,18 +239,35 @@ impl Inputs {
             self.read_args(step, &mut a);
         }
         if step == Step::Start {
+            // The uploader start leaves pushes as finish does: same filters.
+            if self.watch && self.pushes() {
+                a.switch("--watch", true);
+                a.one("--to", self.binary_cache.as_deref());
+                a.one("--secret-key-file", self.secret_key_file.as_deref());
+                self.filter_args(&mut a);
+            }
             return a.out;
         }
         a.one("--to", self.binary_cache.as_deref());
         a.switch("--skip-push", self.skip_push);
         a.one("--secret-key-file", self.secret_key_file.as_deref());
-        a.many("--exclude", &self.exclude);
-        a.switch("--include-drv", self.include_drv);
-        a.one("--upstream", self.upstream.as_deref());
+        self.filter_args(&mut a);
         a.one("--jobs", self.jobs.as_deref());
         a.many("--closure-of", &self.paths_to_push);
         a.one("--closure", self.closure.as_deref());
         a.out
+    }
+
+    /// What the push leaves out: finish's, and start's with watch.
+    fn filter_args(&self, a: &mut Args) {
+        a.many("--exclude", &self.exclude);
+        a.switch("--include-drv", self.include_drv);
+        a.one("--upstream", self.upstream.as_deref());
+    }
+
+    /// Whether this job pushes at all (a cache, a key, not pull-only).
+    fn pushes(&self) -> bool {
+        self.binary_cache.is_some() && self.has_key && !self.skip_push
     }
 
     /// The read-side options of `start` and `run`.
@@ -277,8 +297,9 @@ struct Args<'a> {
 }
 
 impl Args<'_> {
+    /// Given by the user, or added already (an option two groups add).
     fn has(&self, flag: &str) -> bool {
-        self.given.iter().any(|a| {
+        self.given.iter().chain(self.out.iter()).any(|a| {
             a.to_str()
                 .is_some_and(|s| s == flag || s.starts_with(&format!("{flag}=")))
         })
@@ -451,6 +472,27 @@ mod tests {
         assert!(!strs(&i.args(Step::Start, &[]))
             .iter()
             .any(|a| a.starts_with("--closure")));
+        let mut watch = Inputs::read(&Pairs(vec![
+            ("watch", "true"),
+            ("binary-cache", "file:///c"),
+            ("secret-key-file", "/k"),
+            ("exclude", "-doc$"),
+        ]))
+        .unwrap();
+        watch.settle(false);
+        let start = strs(&watch.args(Step::Start, &[]));
+        for want in [
+            "--watch",
+            "--to=file:///c",
+            "--secret-key-file=/k",
+            "--exclude=-doc$",
+        ] {
+            assert_eq!(
+                start.iter().filter(|a| *a == want).count(),
+                1,
+                "{want}: {start:?}"
+            );
+        }
         let off = Inputs::read(&Pairs(vec![("scope", "off"), ("jobs-dir", "/srv/jobs")])).unwrap();
         for step in [Step::Start, Step::Finish, Step::Run] {
             let a = strs(&off.args(step, &[]));

@@ -8,3 +8,19 @@ pub mod push;
 pub mod report;
 pub mod track;
 pub mod verify;
+
+use std::ffi::OsString;
+use std::sync::OnceLock;
+
+static ARGV: OnceLock<Vec<OsString>> = OnceLock::new();
+
+/// The command line as parsed: with a CI's inputs added, when they were.
+pub fn set_argv(argv: Vec<OsString>) {
+    let _ = ARGV.set(argv);
+}
+
+pub fn argv() -> Vec<OsString> {
+    ARGV.get()
+        .cloned()
+        .unwrap_or_else(|| std::env::args_os().collect())
+}

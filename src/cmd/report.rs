@@ -16,6 +16,7 @@ use nixdelta::pipeline::upload::UploadReport;
 use crate::ci::{secs, Frontend, Table};
 use nixdelta::job::push::Pushed;
 use nixdelta::job::scope::ScopeFacts;
+use nixdelta::job::watch::{Ended, Watched};
 
 /// The front end in use, watching a job; the plan goes to `out`.
 pub struct Report<'a> {
@@ -199,6 +200,9 @@ fn push_table(p: &Pushed, scope: Option<&ScopeFacts>) -> Table {
             t.row("new paths considered", plan.considered.to_string());
         }
     }
+    if let Some(w) = &p.watched {
+        watch_rows(&mut t, w);
+    }
     if let Some(s) = scope {
         t.row(
             "shared store: other jobs overlapping",
@@ -214,7 +218,7 @@ fn push_table(p: &Pushed, scope: Option<&ScopeFacts>) -> Table {
         t.row(
             "existence checks",
             format!(
-                "{} asked in {}, {} known from the warm manifest",
+                "{} asked in {}, {} known without asking (warm manifest, background uploader)",
                 plan.asked,
                 secs(plan.asked_secs),
                 plan.known
@@ -318,6 +322,35 @@ fn warm_hint(n: usize) -> String {
          in the cache (a warm runner's store): the diff does not push them, so a fresh runner \
          rebuilds them. `closure: auto` (finish --closure auto) pushes them too"
     )
+}
+
+/// What the background uploader did before finish.
+fn watch_rows(t: &mut Table, w: &Watched) {
+    match &w.report {
+        Some(r) => {
+            t.row(
+                "uploaded during the build",
+                format!(
+                    "{} ({}; finish waited {} for the last)",
+                    r.paths,
+                    mb(r.file_bytes),
+                    secs(w.wait_secs)
+                ),
+            );
+            if r.ended == Ended::Timeout {
+                t.row("background uploader", "had stopped on its timeout");
+            }
+        }
+        None => {
+            t.row(
+                "background uploader",
+                format!(
+                    "died before finish: {} paths it uploaded kept, the rest pushed now",
+                    w.uploaded.len()
+                ),
+            );
+        }
+    }
 }
 
 /// Why paths of a shared store were held back, and the ways out.

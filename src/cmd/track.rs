@@ -36,6 +36,40 @@ impl StateArgs {
     }
 }
 
+/// What the push leaves out (finish, and start --watch's uploader).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct FilterArgs {
+    /// Push `.drv` files too.
+    #[arg(long)]
+    pub include_drv: bool,
+    /// Do not push paths whose full store path matches REGEX (repeatable).
+    #[arg(long, value_name = "REGEX")]
+    pub exclude: Vec<String>,
+    /// Push the repository's own source if it was copied into the store.
+    #[arg(long)]
+    pub include_self_source: bool,
+    /// The repository whose source is not pushed (default: the working directory).
+    #[arg(long, value_name = "DIR")]
+    pub source_dir: Option<PathBuf>,
+    /// Paths signed by this key are upstream and not pushed (repeatable).
+    #[arg(long, value_name = "NAME", default_value = "cache.nixos.org-1")]
+    pub upstream_key: Vec<String>,
+    /// A cache never duplicated: paths whose narinfo it serves are not pushed.
+    #[arg(long, value_name = "URL")]
+    pub upstream: Option<String>,
+}
+
+impl FilterArgs {
+    fn config(&self) -> Result<FilterConfig> {
+        FilterConfig::new(
+            self.include_drv,
+            &self.exclude,
+            self.include_self_source,
+            self.source_dir.clone(),
+        )
+    }
+}
+
 /// Job scoping on a store shared by concurrent jobs.
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct ScopeArgs {
@@ -151,6 +185,22 @@ pub struct StartArgs {
     pub configure: ConfigureArgs,
     #[command(flatten)]
     pub scope: ScopeArgs,
+    /// Leave a background uploader running that pushes each new path as
+    /// the build registers it (needs --to and a signing key; takes the
+    /// filters below); finish drains it and pushes the rest.
+    #[arg(long, env = "NIXDELTA_WATCH")]
+    pub watch: bool,
+    /// The uploader stops on its own after this long without a finish
+    /// (a cancelled job), e.g. `30m`, `6h`.
+    #[arg(
+        long,
+        value_name = "TIME",
+        env = "NIXDELTA_WATCH_TIMEOUT",
+        default_value = "6h"
+    )]
+    pub watch_timeout: String,
+    #[command(flatten)]
+    pub filter: FilterArgs,
     /// Fail (non-zero exit) when the archive cannot be restored.
     #[arg(long, env = "NIXDELTA_STRICT")]
     pub strict: bool,
@@ -164,24 +214,8 @@ pub struct FinishArgs {
     pub to: Option<String>,
     #[command(flatten)]
     pub upload: UploadArgs,
-    /// Push `.drv` files too.
-    #[arg(long)]
-    pub include_drv: bool,
-    /// Do not push paths whose full store path matches REGEX (repeatable).
-    #[arg(long, value_name = "REGEX")]
-    pub exclude: Vec<String>,
-    /// Push the repository's own source if it was copied into the store.
-    #[arg(long)]
-    pub include_self_source: bool,
-    /// The repository whose source is not pushed (default: the working directory).
-    #[arg(long, value_name = "DIR")]
-    pub source_dir: Option<PathBuf>,
-    /// Paths signed by this key are upstream and not pushed (repeatable).
-    #[arg(long, value_name = "NAME", default_value = "cache.nixos.org-1")]
-    pub upstream_key: Vec<String>,
-    /// A cache never duplicated: paths whose narinfo it serves are not pushed.
-    #[arg(long, value_name = "URL")]
-    pub upstream: Option<String>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
     /// Push the build-time closure of X present in the store (repeatable;
     /// whitespace-separated in the variable): a store path, a `.drv`, a
     /// `result` link or a flake installable (`.#pkg`). It includes
@@ -241,10 +275,14 @@ impl ArchiveArgs {
 
 /// The job `start` runs: the archive, warm-start and read-side options.
 fn start_config(store_root: Option<&Path>, args: &StartArgs) -> Result<JobConfig> {
+    let f = &args.filter;
     Ok(JobConfig {
+        filters: f.config()?,
         push: PushConfig {
             to: args.to.clone(),
             secret_key_file: args.secret_key_file.clone(),
+            upstream_keys: f.upstream_key.clone(),
+            upstream: f.upstream.clone(),
             ..PushConfig::default()
         },
         read: args.configure.config(),
@@ -269,18 +307,13 @@ fn archive_config(store_root: Option<&Path>, a: &ArchiveArgs, strict: bool) -> R
 /// errors here, before anything else happens.
 fn job_config(store_root: Option<&Path>, f: &FinishArgs, a: &ArchiveArgs) -> Result<JobConfig> {
     Ok(JobConfig {
-        filters: FilterConfig::new(
-            f.include_drv,
-            &f.exclude,
-            f.include_self_source,
-            f.source_dir.clone(),
-        )?,
+        filters: f.filter.config()?,
         push: PushConfig {
             to: f.to.clone(),
             secret_key_file: f.upload.secret_key_file.clone(),
             upload: upload_options(&f.upload),
-            upstream_keys: f.upstream_key.clone(),
-            upstream: f.upstream.clone(),
+            upstream_keys: f.filter.upstream_key.clone(),
+            upstream: f.filter.upstream.clone(),
             dry_run: f.dry_run,
             skip: f.skip_push,
             closure: closure_mode(f)?,
@@ -384,6 +417,9 @@ fn summarise_start(started: &job::Started) {
 pub fn start(store_root: Option<&Path>, args: &StartArgs) -> Result<i32> {
     let cfg = start_config(store_root, args)?;
     let dir = args.state.dir();
+    if args.watch {
+        check_watch(&cfg, args, &dir)?;
+    }
     // First: a bad key or URL fails before the restore, and the job reads
     // the cache even when the snapshot cannot be taken.
     if let Some(side) = job::read::plan(&cfg, &env_var)? {
@@ -394,6 +430,19 @@ pub fn start(store_root: Option<&Path>, args: &StartArgs) -> Result<i32> {
     summarise_start(&started);
     started.state.save(&dir)?;
     ci::frontend().save_state(ci::github::STATE_DIR, &dir.to_string_lossy());
+    if args.watch {
+        let exe = std::env::current_exe().map_err(|e| Error::Other(e.into()))?;
+        match job::watch::spawn(&dir, &exe, &watch_argv(&super::argv())) {
+            Ok(pid) => eprintln!(
+                "nixdelta: background uploader {pid} pushes new paths as they appear (log: {})",
+                dir.join(job::watch::LOG).display()
+            ),
+            Err(e) if args.strict || matches!(e, Error::Usage(_)) => return Err(e),
+            Err(e) => ci::frontend().warning(&format!(
+                "no background uploader (finish pushes everything; use --strict to fail): {e}"
+            )),
+        }
+    }
     match &started.state.snapshot {
         Some(s) => eprintln!(
             "nixdelta: snapshot at id {} ({} valid paths) in {}",
@@ -409,6 +458,79 @@ pub fn start(store_root: Option<&Path>, args: &StartArgs) -> Result<i32> {
     Ok(exit::OK)
 }
 
+/// What `start --watch` needs, checked before anything happens: a cache,
+/// a signing key, a timeout, and no uploader already on this state dir.
+fn check_watch(cfg: &JobConfig, args: &StartArgs, dir: &Path) -> Result<()> {
+    if cfg.push.to.is_none() {
+        return Err(Error::Usage(
+            "start --watch needs --to (the binary cache)".into(),
+        ));
+    }
+    job::keys::load_secret_key(cfg.push.secret_key_file.as_deref())?;
+    job::watch::parse_timeout(&args.watch_timeout)?;
+    if job::watch::is_running(dir) {
+        return Err(Error::Usage(format!(
+            "an uploader already watches for the state dir {}: one start --watch per job",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The uploader's command line: start's, as `watch`, without `--ci` (it
+/// speaks no CI: its options are all there already).
+fn watch_argv(argv: &[std::ffi::OsString]) -> Vec<std::ffi::OsString> {
+    let mut out = Vec::new();
+    let mut renamed = false;
+    let mut it = argv.iter().skip(1).peekable();
+    while let Some(a) = it.next() {
+        let s = a.to_string_lossy();
+        if s == "--ci" {
+            it.next();
+            continue;
+        }
+        if s.starts_with("--ci=") {
+            continue;
+        }
+        if !renamed && s == "start" {
+            renamed = true;
+            out.push("watch".into());
+            continue;
+        }
+        // Values of the options before the subcommand are never it.
+        if !renamed && (s == "--store" || s == "--netrc-file") {
+            out.push(a.clone());
+            if let Some(v) = it.next() {
+                out.push(v.clone());
+            }
+            continue;
+        }
+        out.push(a.clone());
+    }
+    out
+}
+
+/// The background uploader's life (`start --watch` runs it).
+pub fn watch(store_root: Option<&Path>, args: &StartArgs) -> Result<i32> {
+    let cfg = start_config(store_root, args)?;
+    let dir = args.state.dir();
+    let st = State::load(&dir)?;
+    let opts = job::watch::WatchOptions {
+        timeout: job::watch::parse_timeout(&args.watch_timeout)?,
+        ..Default::default()
+    };
+    let r = job::watch::run(&cfg, &dir, &st, opts)?;
+    eprintln!(
+        "nixdelta: uploader {:?} after {:.0} s: {} paths ({}) uploaded, {} left for finish",
+        r.ended,
+        r.seconds,
+        r.paths,
+        nixdelta::pipeline::summary::mb(r.file_bytes),
+        r.failed
+    );
+    Ok(exit::OK)
+}
+
 /// `finish` as a command: the state from `start`, then [`finish_with`].
 pub fn finish(
     store_root: Option<&Path>,
@@ -416,8 +538,11 @@ pub fn finish(
     args: &FinishArgs,
     a: &ArchiveArgs,
 ) -> Result<i32> {
-    let cfg = job_config(store_root, args, a)?;
     let dir = state.dir();
+    let cfg = JobConfig {
+        state_dir: Some(dir.clone()),
+        ..job_config(store_root, args, a)?
+    };
     let fe = ci::frontend();
     let in_ci = fe.kind() != Kind::None;
     let st = match State::load(&dir) {

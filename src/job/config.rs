@@ -24,6 +24,9 @@ pub struct JobConfig {
     pub filters: FilterConfig,
     pub push: PushConfig,
     pub read: ReadConfig,
+    /// Where `start` left its state, and its background uploader's files
+    /// (`finish` stops the uploader found there).
+    pub state_dir: Option<PathBuf>,
     /// Telling this job's paths from other jobs' on a shared store.
     pub scope: super::scope::ScopeConfig,
     /// Cache faults fail the job instead of warning.

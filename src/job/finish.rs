@@ -21,6 +21,11 @@ use super::save::{save, SaveInput};
 use super::scope::{self, ScopeFacts};
 use super::state::{ArchiveFacts, Restored};
 use super::warm;
+use super::watch;
+
+/// How long `finish` waits for the background uploader to drain before it
+/// kills it and pushes the rest itself.
+const WATCH_DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
 
 /// Which step a fault came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,6 +124,7 @@ fn push_candidates<'a>(cfg: &JobConfig, p: &'a Prepared) -> Result<(Candidates<'
             new: &p.new,
             paths: p.new.clone(),
             closure: None,
+            watched: Default::default(),
         };
         return Ok((c, filters));
     }
@@ -142,6 +148,7 @@ fn push_candidates<'a>(cfg: &JobConfig, p: &'a Prepared) -> Result<(Candidates<'
         new: &p.new,
         paths: c.paths,
         closure: Some(facts),
+        watched: Default::default(),
     };
     Ok((c, filters))
 }
@@ -149,6 +156,26 @@ fn push_candidates<'a>(cfg: &JobConfig, p: &'a Prepared) -> Result<(Candidates<'
 /// Push, warm manifest, then archive save.
 pub fn finish(cfg: &JobConfig, st: &State, obs: &dyn Observer) -> Result<Finished> {
     same_store(st, cfg.store_root.as_deref())?;
+    // The background uploader drains first: what it pushed is not asked again.
+    let watched = cfg
+        .state_dir
+        .as_deref()
+        .and_then(|d| watch::stop(d, WATCH_DRAIN_LIMIT));
+    if let Some(r) = watched.as_ref().and_then(|w| w.report.as_ref()) {
+        obs.note(&format!(
+            "background uploader: {} paths ({}) uploaded during the build, {:.1} s waited for it",
+            r.paths,
+            crate::pipeline::summary::mb(r.file_bytes),
+            watched.as_ref().map_or(0.0, |w| w.wait_secs)
+        ));
+    }
+    if let Some(w) = watched.as_ref().filter(|w| w.report.is_none()) {
+        obs.warning(&format!(
+            "the background uploader died before finish (killed? out of memory?); {} paths it \
+             had uploaded are kept, the rest is pushed now",
+            w.uploaded.len()
+        ));
+    }
     let facts = archive_facts(cfg, st);
     let mut done = Finished {
         pushed: None,
@@ -165,9 +192,13 @@ pub fn finish(cfg: &JobConfig, st: &State, obs: &dyn Observer) -> Result<Finishe
     let key = || key.get_or_init(|| cfg.key.compute());
     let pushed = grouped(obs, "nixdelta: push to the binary cache", || {
         let p = prepared.as_ref().map_err(Error::again)?;
-        let (candidates, filters) = push_candidates(cfg, p)?;
+        let (mut candidates, filters) = push_candidates(cfg, p)?;
+        if let Some(w) = &watched {
+            candidates.watched = w.uploaded.clone();
+        }
         let k = key().as_ref().ok();
-        let (pushed, target) = push(cfg, &p.store, candidates, &filters, k, obs)?;
+        let (mut pushed, target) = push(cfg, &p.store, candidates, &filters, k, obs)?;
+        pushed.watched = watched.clone();
         let mut warm_error = None;
         if let (None, Some(t), Some(plan), Some(report), true) = (
             &pushed.error,
@@ -185,10 +216,15 @@ pub fn finish(cfg: &JobConfig, st: &State, obs: &dyn Observer) -> Result<Finishe
     });
     match pushed {
         Ok((mut p, warm_error)) => {
-            let (paths, bytes) = p
+            let (mut paths, mut bytes) = p
                 .report
                 .as_ref()
                 .map_or((0, 0), |r| (r.uploaded.len(), r.file_bytes));
+            // What this job pushed: the uploader's share counts too.
+            if let Some(r) = p.watched.as_ref().and_then(|w| w.report.as_ref()) {
+                paths += r.paths;
+                bytes += r.file_bytes;
+            }
             obs.output("pushed-paths", &paths.to_string());
             obs.output("pushed-bytes", &bytes.to_string());
             if let Some(e) = p.error.take().or(warm_error) {

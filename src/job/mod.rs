@@ -17,6 +17,7 @@ pub mod save;
 pub mod scope;
 pub mod state;
 pub mod warm;
+pub mod watch;
 
 pub use config::{
     ArchiveConfig, FilterConfig, JobConfig, KeySpec, PushConfig, ReadConfig, WarmConfig,

@@ -32,6 +32,8 @@ pub struct Pushed {
     /// Diff mode on a warm store: build-time dependencies that predate the
     /// job and are not known to be cached (what `closure: auto` adds).
     pub warm_misses: usize,
+    /// The background uploader, when `start --watch` left one.
+    pub watched: Option<super::watch::Watched>,
 }
 
 /// What closure mode added, for the summary.
@@ -56,6 +58,9 @@ pub struct Candidates<'a> {
     pub new: &'a [PathInfo],
     pub paths: Vec<PathInfo>,
     pub closure: Option<ClosureFacts>,
+    /// Paths the background uploader pushed during the build: on the
+    /// target, not asked again.
+    pub watched: std::collections::HashSet<crate::nix::StorePath>,
 }
 
 /// Plans and (unless a dry run) uploads the candidates; `key` finds the
@@ -73,6 +78,7 @@ pub fn push(
         new: diff,
         paths: new,
         closure,
+        watched,
     } = candidates;
     let mut pushed = Pushed {
         new_paths: diff.len(),
@@ -84,6 +90,7 @@ pub fn push(
         error: None,
         closure,
         warm_misses: 0,
+        watched: None,
     };
     let Some(to) = &p.to else {
         obs.plan_note(&format!(
@@ -126,9 +133,9 @@ pub fn push(
         filters: filters.clone(),
         upstream_keys: p.upstream_keys.clone(),
         known_on_target: if pushed.closure.is_some() {
-            known().clone()
+            known().union(&watched).cloned().collect()
         } else {
-            Default::default()
+            watched
         },
     };
     let plan = plan(store, new, &opts, target.as_ref(), upstream.as_deref())?;

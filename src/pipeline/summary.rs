@@ -49,8 +49,8 @@ pub fn plan_lines(plan: &PushPlan) -> Vec<String> {
     let mut lines = vec![format!("{:>7}  new paths considered", plan.considered)];
     if plan.asked > 0 || plan.known > 0 {
         lines.push(format!(
-            "{:>7}  existence checks asked of the caches in {:.2} s ({} known from the warm \
-             manifest)",
+            "{:>7}  existence checks asked of the caches in {:.2} s ({} known without asking: \
+             warm manifest, background uploader)",
             plan.asked, plan.asked_secs, plan.known
         ));
     }

@@ -184,6 +184,28 @@ command_env() {
   [[ $(ls "$T/cache"/*.narinfo | wc -l) -eq 4 ]]
 }
 
+@test "watch: pre-command leaves a background uploader that pushes during the command; post-command drains it" {
+  export BUILDKITE_PLUGIN_NIXDELTA_BINARY_CACHE="file://$T/cache"
+  export BUILDKITE_PLUGIN_NIXDELTA_WATCH=true
+  export NIXDELTA_SECRET_KEY
+  NIXDELTA_SECRET_KEY=$(cat "$T/keys/bk-1.sec")
+  run "$PLUGIN/hooks/pre-command"
+  ok
+  has "background uploader"
+  build -A fib4
+  # fib-0..4 and busybox reach the cache while the command runs.
+  for _ in $(seq 300); do
+    [[ $(ls "$T/cache"/*.narinfo 2>/dev/null | wc -l) -eq 6 ]] && break
+    sleep 0.1
+  done
+  [[ $(ls "$T/cache"/*.narinfo | wc -l) -eq 6 ]]
+  run "$PLUGIN/hooks/post-command"
+  ok
+  has "| uploaded during the build | 6 ("
+  has "| uploaded | 0 |"
+  grep -q "^ARGS: meta-data set nixdelta-pushed-paths" "$AGENT_LOG"
+}
+
 @test "a pull request from a fork restores read-only and pushes nothing" {
   export BUILDKITE_PULL_REQUEST=7
   export BUILDKITE_PULL_REQUEST_REPO=https://github.com/someone/r.git

@@ -32,6 +32,7 @@ jobs:
           binary-cache: "file://@CACHE@"
           secret-key: ${{ env.TEST_SIGNING_KEY }}
           archive: "@ARCHIVE@"
+          watch: true
           exclude: |
             -never-matches-[0-9]+$
             -fib-3$
@@ -240,13 +241,16 @@ fn action_pushes_saves_and_a_fresh_job_restores() {
         show()
     );
     // Post: fib-0..6 and busybox are new, 7 .drv skipped, fib-3 excluded
-    // by the multi-line `exclude` input: 7 uploaded; the archive (same
-    // filters) saved.
+    // by the multi-line `exclude` input: 7 uploaded, all by the background
+    // uploader the main step left (`watch: true`, same filters), none
+    // left for the post step; the archive (same filters) saved.
     for row in [
+        "background uploader",
         "| new paths considered | 15 |",
         "| skipped: derivations (.drv) | 7 |",
         "| skipped: excluded by pattern | 1 |",
-        "| uploaded | 7 |",
+        "| uploaded during the build | 7 (",
+        "| uploaded | 0 |",
         "::set-output:: pushed-paths=7",
         "::set-output:: pushed-bytes=",
         "| result | saved |",
@@ -353,7 +357,11 @@ fn action_warns_on_cache_faults_and_the_job_goes_on() {
         has(&build, "::warning title=nixdelta::archive NOT saved"),
         "act output:\n{log}"
     );
-    assert!(has(&build, "| uploaded | 7 |"), "act output:\n{log}");
+    // The workflow's build job watches: its uploader pushed the 7.
+    assert!(
+        has(&build, "| uploaded during the build | 7 ("),
+        "act output:\n{log}"
+    );
     assert!(has(&build, "🏁  Job succeeded"), "act output:\n{log}");
 }
 

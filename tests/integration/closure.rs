@@ -125,7 +125,10 @@ fn a_warm_runner_pushes_the_build_closure_with_closure_mode() {
     let err = show(&out);
     assert!(err.contains("      0  to upload"), "{err}");
     assert!(
-        err.contains(&format!("({} known from the warm manifest)", outputs.len())),
+        err.contains(&format!(
+            "({} known without asking: warm manifest, background uploader)",
+            outputs.len()
+        )),
         "{err}"
     );
 

@@ -21,6 +21,7 @@ mod push;
 mod read_side;
 mod shared_store;
 mod track;
+mod watch;
 mod workload;
 
 // Network binary caches (real SeaweedFS and nginx on 127.0.0.1).
