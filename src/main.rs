@@ -161,7 +161,7 @@ enum Command {
         #[command(flatten)]
         ci: CiOpt,
         #[command(flatten)]
-        args: cmd::track::StartArgs,
+        args: cmd::track_args::StartArgs,
     },
     /// Push what was realised since `start` (the store diff), filtered; save the archive on a key miss.
     #[command(
@@ -183,11 +183,11 @@ store archive saved on a key miss or a partial hit.",
         #[command(flatten)]
         ci: CiOpt,
         #[command(flatten)]
-        state: cmd::track::StateArgs,
+        state: cmd::track_args::StateArgs,
         #[command(flatten)]
-        args: cmd::track::FinishArgs,
+        args: cmd::track_args::FinishArgs,
         #[command(flatten)]
-        archive: cmd::track::ArchiveArgs,
+        archive: cmd::track_args::ArchiveArgs,
     },
     /// start, run COMMAND, finish (also when it fails); exits with its code.
     #[command(after_help = concat!(
@@ -201,11 +201,11 @@ store archive saved on a key miss or a partial hit.",
         #[command(flatten)]
         ci: CiOpt,
         #[command(flatten)]
-        args: cmd::track::FinishArgs,
+        args: cmd::track_args::FinishArgs,
         #[command(flatten)]
-        archive: cmd::track::ArchiveArgs,
+        archive: cmd::track_args::ArchiveArgs,
         #[command(flatten)]
-        configure: cmd::track::ConfigureArgs,
+        configure: cmd::track_args::ConfigureArgs,
         /// The command and its arguments, after `--`.
         #[arg(last = true, required = true, value_name = "COMMAND")]
         command: Vec<String>,
@@ -238,7 +238,7 @@ store archive saved on a key miss or a partial hit.",
         #[command(flatten)]
         job: JobOpt,
         #[command(flatten)]
-        args: cmd::track::StartArgs,
+        args: cmd::track_args::StartArgs,
     },
 }
 
@@ -356,7 +356,7 @@ fn run(cli: Cli) -> Result<i32> {
             cmd::push::push_cmd(&store, &args, &paths)
         }
         Command::Start { args, .. } => cmd::track::start(store_root, &args),
-        Command::Watch { args, .. } => cmd::track::watch(store_root, &args),
+        Command::Watch { args, .. } => cmd::watch::watch(store_root, &args),
         Command::Finish {
             state,
             args,

@@ -7,7 +7,9 @@ pub mod keygen;
 pub mod push;
 pub mod report;
 pub mod track;
+pub mod track_args;
 pub mod verify;
+pub mod watch;
 
 use std::ffi::OsString;
 use std::sync::OnceLock;

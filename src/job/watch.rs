@@ -213,7 +213,7 @@ pub fn run(cfg: &JobConfig, dir: &Path, st: &State, opts: WatchOptions) -> Resul
     // A fresh runner's store gets its DB with the build's first path.
     let mut ended = stop_reason(dir, t, opts);
     while !Store::exists(root) && ended.is_none() {
-        std::thread::sleep(opts.poll);
+        nap(dir, opts.poll);
         ended = stop_reason(dir, t, opts);
     }
     if Store::exists(root) {
@@ -224,7 +224,7 @@ pub fn run(cfg: &JobConfig, dir: &Path, st: &State, opts: WatchOptions) -> Resul
             if ended.is_some() {
                 break;
             }
-            std::thread::sleep(opts.poll);
+            nap(dir, opts.poll);
         }
     }
     report.ended = ended.unwrap_or(Ended::Drained);
@@ -232,6 +232,15 @@ pub fn run(cfg: &JobConfig, dir: &Path, st: &State, opts: WatchOptions) -> Resul
     let json = serde_json::to_vec(&report).map_err(|e| Error::Other(e.into()))?;
     std::fs::write(dir.join(DONE), json).map_err(|e| Error::Other(e.into()))?;
     Ok(report)
+}
+
+/// Sleeps `poll`, waking early when `finish` asks to drain: the post step
+/// should not wait out a poll interval.
+fn nap(dir: &Path, poll: Duration) {
+    let t = Instant::now();
+    while t.elapsed() < poll && !dir.join(STOP).exists() {
+        std::thread::sleep(Duration::from_millis(25));
+    }
 }
 
 /// `finish` asked (a stop file), or the timeout passed; `None`: go on.
