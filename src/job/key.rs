@@ -2,8 +2,9 @@
 //! `nixdelta-v<format>-<system>-<sha256 of the key files>`.
 //!
 //! Key files default to `flake.lock`; several files and globs may be given.
-//! A flake with no inputs has no `flake.lock`: then `flake.nix` is used, and
-//! the key says so in [`CacheKey::notes`]. Restore tries the exact key, then
+//! Without a `flake.lock` (a flake with no inputs, a non-flake project) the
+//! key hashes whichever of [`FALLBACK_KEY_FILES`] exist, and says which in
+//! [`CacheKey::notes`]. Restore tries the exact key, then
 //! each restore prefix (default: the key without its hash, i.e. the newest
 //! archive of the same format and system).
 
@@ -16,6 +17,16 @@ use crate::nix::archive::FORMAT_VERSION;
 
 /// The default key file.
 pub const DEFAULT_KEY_FILE: &str = "flake.lock";
+
+/// Without a `flake.lock`: whichever of these exist (a flake with no
+/// inputs, a `shell.nix`/`default.nix` project, niv's and npins' pins).
+pub const FALLBACK_KEY_FILES: &[&str] = &[
+    "flake.nix",
+    "shell.nix",
+    "default.nix",
+    "nix/sources.json",
+    "npins/sources.json",
+];
 
 /// A computed cache key and where it came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,7 +63,7 @@ pub fn current_system() -> String {
 
 /// Computes the key from `patterns` (files or globs, relative to `base`;
 /// empty means `flake.lock`). Every pattern must match at least one file,
-/// except the default `flake.lock`, which falls back to `flake.nix`.
+/// except the default `flake.lock`, which falls back to [`FALLBACK_KEY_FILES`].
 /// `extra_prefixes` (`--restore-prefix`) are tried in order before the
 /// default prefix.
 pub fn compute(
@@ -68,17 +79,27 @@ pub fn compute(
         if lock.is_file() {
             check_flake_lock(&lock)?;
             files.push(PathBuf::from(DEFAULT_KEY_FILE));
-        } else if base.join("flake.nix").is_file() {
-            notes.push(format!(
-                "no {DEFAULT_KEY_FILE} in {}: keyed by flake.nix instead (a flake with no inputs)",
-                base.display()
-            ));
-            files.push(PathBuf::from("flake.nix"));
         } else {
-            return Err(Error::Input {
-                path: lock,
-                msg: "no such file (and no flake.nix to fall back to); pass --key-file".into(),
-            });
+            files = FALLBACK_KEY_FILES
+                .iter()
+                .map(PathBuf::from)
+                .filter(|f| base.join(f).is_file())
+                .collect();
+            if files.is_empty() {
+                return Err(Error::Input {
+                    path: lock,
+                    msg: format!(
+                        "no such file, nor any of {}; pass --key-file",
+                        FALLBACK_KEY_FILES.join(", ")
+                    ),
+                });
+            }
+            let used: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+            notes.push(format!(
+                "no {DEFAULT_KEY_FILE} in {}: keyed by {} instead",
+                base.display(),
+                used.join(", ")
+            ));
         }
     } else {
         for pat in patterns {
@@ -243,6 +264,31 @@ mod tests {
         let empty = tempfile::tempdir().unwrap();
         let e = compute(empty.path(), &[], "x86_64-linux", &[]).unwrap_err();
         assert_eq!(e.exit_code(), exit::INPUT);
+        assert!(e.to_string().contains("npins/sources.json"), "{e}");
+    }
+
+    #[test]
+    fn a_non_flake_project_is_keyed_by_the_files_it_has() {
+        let d = dir_with(&[
+            ("shell.nix", "{ }"),
+            ("default.nix", "{ }"),
+            ("README", "not a key file"),
+        ]);
+        std::fs::create_dir_all(d.path().join("nix")).unwrap();
+        std::fs::write(d.path().join("nix/sources.json"), "{}").unwrap();
+        let k = compute(d.path(), &[], "x86_64-linux", &[]).unwrap();
+        let names: Vec<String> = k.files.iter().map(|f| f.display().to_string()).collect();
+        assert_eq!(names, ["default.nix", "nix/sources.json", "shell.nix"]);
+        assert!(
+            k.notes[0].contains("keyed by shell.nix, default.nix, nix/sources.json"),
+            "{:?}",
+            k.notes
+        );
+        // A changed pin changes the key; an unrelated file does not.
+        std::fs::write(d.path().join("README"), "changed").unwrap();
+        assert_eq!(compute(d.path(), &[], "x86_64-linux", &[]).unwrap().key, k.key);
+        std::fs::write(d.path().join("nix/sources.json"), "{\"a\":1}").unwrap();
+        assert_ne!(compute(d.path(), &[], "x86_64-linux", &[]).unwrap().key, k.key);
     }
 
     #[test]
