@@ -41,7 +41,8 @@ impl Cli {
             | Command::Start { job, .. }
             | Command::Finish { job, .. }
             | Command::Run { job, .. }
-            | Command::Watch { job, .. } => job.clone(),
+            | Command::Watch { job, .. }
+            | Command::Key { job, .. } => job.clone(),
             Command::Archive { store, .. } => JobOpt {
                 store: store.store.clone(),
                 ..JobOpt::default()
@@ -228,6 +229,17 @@ store archive saved on a key miss or a partial hit.",
         #[command(flatten)]
         args: cmd::verify::VerifyArgs,
     },
+    /// Print the store archive key: from the key files, or (--eval) from
+    /// the derivations an installable or Nix file evaluates to.
+    #[command(
+        after_help = "Examples:\n  nixdelta key\n  nixdelta key --eval shell.nix\n  nixdelta key --eval .#devShells.x86_64-linux.default"
+    )]
+    Key {
+        #[command(flatten)]
+        job: JobOpt,
+        #[command(flatten)]
+        args: cmd::key::KeyArgs,
+    },
     /// Write the NAR of a store path to stdout (as `nix-store --dump`).
     #[command(hide = true)]
     Nar { path: PathBuf },
@@ -357,6 +369,7 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Command::Start { args, .. } => cmd::track::start(store_root, &args),
         Command::Watch { args, .. } => cmd::watch::watch(store_root, &args),
+        Command::Key { args, .. } => cmd::key::key_cmd(store_root, &args),
         Command::Finish {
             state,
             args,

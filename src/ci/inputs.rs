@@ -47,8 +47,10 @@ pub struct Inputs {
     /// Job scoping on a shared store (`--scope`), and its registry.
     pub scope: Option<String>,
     pub jobs_dir: Option<String>,
-    /// Push while the job builds (`start --watch`).
+    /// Push while the job builds (`start --watch`); on unless `false`.
     pub watch: bool,
+    /// `--key-from-eval`: installables or Nix files keying the archive too.
+    pub key_from_eval: Vec<String>,
     /// A bearer token for an http(s) cache (GitHub's `cache-token`).
     pub cache_token: Option<Secret<String>>,
     /// A signing key is given somewhere (set by [`Inputs::settle`]).
@@ -154,7 +156,12 @@ impl Inputs {
                 }
             },
             jobs_dir: src.get("jobs-dir").filter(|s| !s.is_empty()),
-            watch: parse_bool("watch", src.get("watch"))?,
+            // On by default in CI: measured to pay (bench/watch.sh, README).
+            watch: match src.get("watch").filter(|v| !v.trim().is_empty()) {
+                None => true,
+                v => parse_bool("watch", v)?,
+            },
+            key_from_eval: split_words(src.list("key-from-eval")),
             cache_token: None,
             has_key: false,
             state_dir: None,
@@ -222,6 +229,7 @@ impl Inputs {
         a.one("--archive", self.archive.as_deref());
         a.many("--key-file", &self.key_files);
         a.many("--restore-prefix", &self.restore_prefixes);
+        a.many("--key-from-eval", &self.key_from_eval);
         a.one("--max-archive-size", self.max_archive_size.as_deref());
         a.switch("--read-only", self.read_only);
         a.switch("--strict", self.strict);

@@ -397,7 +397,7 @@ pub fn finish_summary(fe: &dyn Frontend, done: &Finished, strict: bool) -> Strin
         }
         md.push_str(&push_table(p, done.scope.as_ref()).markdown());
     }
-    if let Some((facts, r)) = &done.saved {
+    for (facts, r) in done.saved.iter().chain(&done.eval_saved) {
         md.push_str(&save_table(facts, r).markdown());
     }
     format!("{headline}{md}")

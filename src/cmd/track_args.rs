@@ -108,6 +108,11 @@ pub struct ArchiveArgs {
     /// without its hash is tried last). Repeatable.
     #[arg(long = "restore-prefix", value_name = "PREFIX")]
     pub restore_prefixes: Vec<String>,
+    /// Also key the archive by what X evaluates to (a flake installable or
+    /// a Nix file; repeatable): start restores by the key files, then
+    /// evaluates; finish saves under both keys (see `nixdelta key --eval`).
+    #[arg(long, value_name = "X", env = "NIXDELTA_KEY_FROM_EVAL")]
+    pub key_from_eval: Vec<String>,
     /// Cap on the saved archive's NAR bytes (e.g. 4G): the largest leaves
     /// are left out first.
     #[arg(long, value_name = "SIZE")]
@@ -252,6 +257,7 @@ impl ArchiveArgs {
             dir: self.key_dir.clone(),
             files: self.key_files.clone(),
             restore_prefixes: self.restore_prefixes.clone(),
+            eval: self.key_from_eval.clone(),
         }
     }
 

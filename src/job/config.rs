@@ -42,6 +42,9 @@ pub struct KeySpec {
     pub files: Vec<String>,
     /// Prefixes tried, in order, when the exact key misses.
     pub restore_prefixes: Vec<String>,
+    /// `--key-from-eval`: installables or Nix files whose derivations key
+    /// the archive too (saved under both keys).
+    pub eval: Vec<String>,
 }
 
 impl Default for KeySpec {
@@ -50,11 +53,38 @@ impl Default for KeySpec {
             dir: PathBuf::from("."),
             files: Vec::new(),
             restore_prefixes: Vec::new(),
+            eval: Vec::new(),
         }
     }
 }
 
 impl KeySpec {
+    /// The evaluated key of `what` (installables or Nix files, resolved
+    /// against the key dir), and the seconds evaluation took.
+    pub fn evaluate(&self, store_root: Option<&Path>, what: &[String]) -> Result<(CacheKey, f64)> {
+        let t = std::time::Instant::now();
+        // A fresh runner's store has no DB before its first path.
+        if let (Some(root), false) = (store_root, Store::exists(store_root)) {
+            Store::init(root)?;
+        }
+        let store = Store::open(store_root)?;
+        let mut drvs = Vec::new();
+        for w in what {
+            let arg = if w.contains('#') || Path::new(w).is_absolute() {
+                w.clone()
+            } else {
+                self.dir.join(w).display().to_string()
+            };
+            let found = store.derivations_of(&arg).map_err(|e| Error::Input {
+                path: PathBuf::from(w),
+                msg: format!("cannot evaluate: {e}"),
+            })?;
+            drvs.extend(found);
+        }
+        let k = key::eval_key(&drvs, &key::current_system(), store.store_dir());
+        Ok((k, t.elapsed().as_secs_f64()))
+    }
+
     pub fn compute(&self) -> Result<CacheKey> {
         let dir = if self.dir.as_os_str().is_empty() {
             Path::new(".")

@@ -40,6 +40,8 @@ pub struct Finished {
     pub pushed: Option<Pushed>,
     /// The archive save, when there is an archive.
     pub saved: Option<(ArchiveFacts, SaveReport)>,
+    /// The save under the evaluated key (`--key-from-eval`).
+    pub eval_saved: Option<(ArchiveFacts, SaveReport)>,
     /// Cache faults in the order they happened.
     pub faults: Vec<(Step, Error)>,
     /// Job scoping, when other jobs shared the store meanwhile.
@@ -180,6 +182,7 @@ pub fn finish(cfg: &JobConfig, st: &State, obs: &dyn Observer) -> Result<Finishe
     let mut done = Finished {
         pushed: None,
         saved: None,
+        eval_saved: None,
         faults: Vec::new(),
         scope: None,
     };
@@ -244,23 +247,75 @@ pub fn finish(cfg: &JobConfig, st: &State, obs: &dyn Observer) -> Result<Finishe
             Some(k) => k.clone(),
             None => key().as_ref().map_err(Error::again)?.key.clone(),
         };
-        let mut facts = facts.clone();
-        facts.key = Some(key.clone());
-        let input = SaveInput {
-            facts,
-            key,
-            new: &p.new,
-            candidates: p.candidates(),
-            filters: &p.filters,
-        };
-        save(cfg, &p.store, input, obs)
+        save_under(cfg, p, &facts, key, obs)
     });
     match saved {
         Ok(s) => done.saved = Some(s),
         Err(e) if matches!(e, Error::Usage(_)) => return Err(e),
         Err(e) => done.faults.push((Step::Save, e)),
     }
+    // `--key-from-eval`: the same archive under the evaluated key, unless
+    // that archive exists already.
+    let Some(eval_key) = evaluated_key(cfg, &facts, obs) else {
+        return Ok(done);
+    };
+    let saved = grouped(
+        obs,
+        "nixdelta: save the store archive (evaluated key)",
+        || {
+            let p = prepared.as_ref().map_err(Error::again)?;
+            let facts = ArchiveFacts {
+                outcome: Restored::Miss,
+                ..facts.clone()
+            };
+            save_under(cfg, p, &facts, eval_key, obs)
+        },
+    );
+    match saved {
+        Ok(s) => done.eval_saved = Some(s),
+        Err(e) if matches!(e, Error::Usage(_)) => return Err(e),
+        Err(e) => done.faults.push((Step::Save, e)),
+    }
     Ok(done)
+}
+
+/// Saves the job's archive under `key`.
+fn save_under(
+    cfg: &JobConfig,
+    p: &Prepared,
+    facts: &ArchiveFacts,
+    key: String,
+    obs: &dyn Observer,
+) -> Result<(ArchiveFacts, SaveReport)> {
+    let mut facts = facts.clone();
+    facts.key = Some(key.clone());
+    let input = SaveInput {
+        facts,
+        key,
+        new: &p.new,
+        candidates: p.candidates(),
+        filters: &p.filters,
+    };
+    save(cfg, &p.store, input, obs)
+}
+
+/// The evaluated key start found, else (when finish is given
+/// `--key-from-eval`) evaluated now; `None` when it is the key files' one.
+fn evaluated_key(cfg: &JobConfig, facts: &ArchiveFacts, obs: &dyn Observer) -> Option<String> {
+    let k = match &facts.eval_key {
+        Some(k) => k.clone(),
+        None if cfg.key.eval.is_empty() => return None,
+        None => match cfg.key.evaluate(cfg.store_root.as_deref(), &cfg.key.eval) {
+            Ok((k, _)) => k.key,
+            Err(e) => {
+                obs.warning(&format!(
+                    "no evaluated key, archive saved under one key: {e}"
+                ));
+                return None;
+            }
+        },
+    };
+    (Some(&k) != facts.key.as_ref()).then_some(k)
 }
 
 /// A diff against another store's snapshot would list nearly every path

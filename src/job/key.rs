@@ -41,6 +41,23 @@ pub struct CacheKey {
     pub notes: Vec<String>,
 }
 
+/// An evaluated key: `nixdelta-v<format>-<system>-eval-<sha256 of the
+/// sorted .drv paths>`. The same derivations give the same key whatever
+/// changed around them (a README, a lock entry they do not use).
+pub fn eval_key(drvs: &[crate::nix::StorePath], system: &str, store_dir: &str) -> CacheKey {
+    let mut names: Vec<String> = drvs.iter().map(|d| d.to_absolute(store_dir)).collect();
+    names.sort();
+    names.dedup();
+    let digest: [u8; 32] = Sha256::digest(names.join("\n").as_bytes()).into();
+    let prefix = key_prefix(system);
+    CacheKey {
+        key: format!("{prefix}eval-{}", crate::nix::Sha256Hash(digest).to_hex()),
+        restore_prefixes: vec![format!("{prefix}eval-"), prefix],
+        files: Vec::new(),
+        notes: vec![format!("evaluated key of {} derivation(s)", names.len())],
+    }
+}
+
 /// The part of every key before the hash: `nixdelta-v<format>-<system>-`.
 pub fn key_prefix(system: &str) -> String {
     format!("nixdelta-v{FORMAT_VERSION}-{system}-")
@@ -286,9 +303,15 @@ mod tests {
         );
         // A changed pin changes the key; an unrelated file does not.
         std::fs::write(d.path().join("README"), "changed").unwrap();
-        assert_eq!(compute(d.path(), &[], "x86_64-linux", &[]).unwrap().key, k.key);
+        assert_eq!(
+            compute(d.path(), &[], "x86_64-linux", &[]).unwrap().key,
+            k.key
+        );
         std::fs::write(d.path().join("nix/sources.json"), "{\"a\":1}").unwrap();
-        assert_ne!(compute(d.path(), &[], "x86_64-linux", &[]).unwrap().key, k.key);
+        assert_ne!(
+            compute(d.path(), &[], "x86_64-linux", &[]).unwrap().key,
+            k.key
+        );
     }
 
     #[test]

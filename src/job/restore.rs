@@ -53,8 +53,13 @@ pub fn start(cfg: &JobConfig, obs: &dyn Observer) -> Result<Started> {
     }
     let a = &cfg.archive;
     let Some(backend) = &a.backend else {
+        let state = take()?;
+        // The key is still worth having (a Docker tag, say).
+        if !cfg.key.eval.is_empty() {
+            evaluate(cfg, &mut ArchiveFacts::default(), obs)?;
+        }
         return Ok(Started {
-            state: take()?,
+            state,
             archive: None,
         });
     };
@@ -78,6 +83,13 @@ pub fn start(cfg: &JobConfig, obs: &dyn Observer) -> Result<Started> {
         }
     };
     let mut state = take()?;
+    // After the restore (evaluation may need sources only the archive
+    // has) and after the snapshot (what evaluation adds is the job's).
+    if !cfg.key.eval.is_empty() {
+        evaluate(cfg, &mut facts, obs)?;
+    } else {
+        obs.output("key", facts.key.as_deref().unwrap_or(""));
+    }
     facts.record(&mut state);
     obs.output("cache-key", facts.key.as_deref().unwrap_or(""));
     let hit = facts.outcome == Restored::Hit;
@@ -88,6 +100,33 @@ pub fn start(cfg: &JobConfig, obs: &dyn Observer) -> Result<Started> {
         state,
         archive: Some((facts, report)),
     })
+}
+
+/// The evaluated key (`--key-from-eval`), into `facts` and the `key`
+/// output. A failed evaluation is a warning unless strict: the build says
+/// what is wrong with the expression.
+fn evaluate(cfg: &JobConfig, facts: &mut ArchiveFacts, obs: &dyn Observer) -> Result<()> {
+    match cfg.key.evaluate(cfg.store_root.as_deref(), &cfg.key.eval) {
+        Ok((k, secs)) => {
+            obs.note(&format!(
+                "evaluated key {} in {secs:.2} s ({})",
+                k.key,
+                k.notes.join("; ")
+            ));
+            obs.output("key", &k.key);
+            facts.eval_key = Some(k.key);
+            facts.eval_secs = secs;
+            Ok(())
+        }
+        Err(e) if cfg.strict || matches!(e, Error::Usage(_)) => Err(e),
+        Err(e) => {
+            obs.warning(&format!(
+                "no evaluated key (not failing the job; use --strict to): {e}"
+            ));
+            obs.output("key", facts.key.as_deref().unwrap_or(""));
+            Ok(())
+        }
+    }
 }
 
 fn restore_archive(

@@ -47,6 +47,12 @@ pub struct ArchiveFacts {
     /// The snapshot before the restore, when it added paths: the diff from
     /// it is what an archive saved by `finish` holds (restored + new).
     pub base: Option<Box<State>>,
+    /// `--key-from-eval`: the evaluated key (finish saves under it too),
+    /// and the seconds evaluation took.
+    #[serde(default)]
+    pub eval_key: Option<String>,
+    #[serde(default)]
+    pub eval_secs: f64,
 }
 
 const FACTS: &str = "archive";

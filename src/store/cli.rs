@@ -151,6 +151,15 @@ impl Cli {
         parse(line, store_dir)
     }
 
+    /// The `.drv` paths a Nix file evaluates to (`nix-instantiate FILE`).
+    pub fn instantiate(&self, file: &str, store_dir: &str) -> Result<Vec<StorePath>> {
+        let out = self.run("nix-instantiate", &[file.to_string()])?;
+        out.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| parse(l.trim(), store_dir))
+            .collect()
+    }
+
     pub fn all_paths(&self, store_dir: &str) -> Result<Vec<StorePath>> {
         let out = self.run("nix", &["path-info".into(), "--all".into()])?;
         out.lines().map(|l| parse(l, store_dir)).collect()

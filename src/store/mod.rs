@@ -281,6 +281,19 @@ impl Store {
         cli::Cli::new(self.root.as_deref())?.derivation_of(installable, &self.store_dir)
     }
 
+    /// The derivations `what` evaluates to: a flake installable (`.#pkg`),
+    /// or a Nix file (`shell.nix`, `default.nix`: every derivation it
+    /// yields), instantiated into this store.
+    pub fn derivations_of(&self, what: &str) -> Result<Vec<StorePath>> {
+        let is_file = !what.contains('#') && Path::new(what).exists();
+        let cli = cli::Cli::new(self.root.as_deref())?;
+        if is_file {
+            cli.instantiate(what, &self.store_dir)
+        } else {
+            Ok(vec![cli.derivation_of(what, &self.store_dir)?])
+        }
+    }
+
     /// The current snapshot. Needs the DB.
     pub fn snapshot(&self) -> Result<Snapshot> {
         match &self.backend {

@@ -101,14 +101,16 @@ command_env() {
   ok
   has "| new paths considered | 15 |"
   has "| skipped: derivations (.drv) | 7 |"
-  has "| uploaded | 8 |"
+  # watch is on by default: the uploader pushed the 8 during the command.
+  has "| uploaded during the build | 8 ("
+  has "| uploaded | 0 |"
   has "| result | saved |"
   has "| paths | 8 ("
   hasnt "${BK_NIX_KEY#*:}"
   [[ $(ls "$T/cache"/*.narinfo | wc -l) -eq 8 ]]
   grep -q "^ARGS: redactor add" "$AGENT_LOG"
   grep -q "^ARGS: annotate --style info --context nixdelta --append" "$AGENT_LOG"
-  grep -q "| uploaded | 8 |" "$AGENT_LOG"
+  grep -q "| uploaded during the build | 8 (" "$AGENT_LOG"
   grep -q "^ARGS: meta-data set nixdelta-cache-hit" "$AGENT_LOG"
   grep -q "^ARGS: meta-data set nixdelta-pushed-paths" "$AGENT_LOG"
 
@@ -171,6 +173,8 @@ command_env() {
   NIXDELTA_SECRET_KEY=$(cat "$T/keys/bk-1.sec")
   export BUILDKITE_PLUGIN_NIXDELTA_EXCLUDE_0='-fib-3$'
   export BUILDKITE_PLUGIN_NIXDELTA_EXCLUDE_1='-fib-2$'
+  # watch off: post-command pushes everything itself.
+  export BUILDKITE_PLUGIN_NIXDELTA_WATCH=false
   run "$PLUGIN/hooks/pre-command"
   ok
   hasnt "restore the store archive"
@@ -181,6 +185,7 @@ command_env() {
   has "the command exited with 2"
   has "| skipped: excluded by pattern | 2 |"
   has "| uploaded | 4 |"
+  hasnt "uploaded during the build"
   [[ $(ls "$T/cache"/*.narinfo | wc -l) -eq 4 ]]
 }
 

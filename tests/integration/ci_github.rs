@@ -598,6 +598,7 @@ fn action_inputs_and_outputs_are_read_set_and_documented() {
         outputs,
         [
             "cache-key",
+            "key",
             "cache-hit",
             "matched-key",
             "pushed-paths",

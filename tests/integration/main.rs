@@ -16,6 +16,7 @@ mod closure;
 mod daemon;
 mod errors;
 mod hardening;
+mod key_eval;
 mod matrix;
 mod push;
 mod read_side;
