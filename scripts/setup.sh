@@ -10,7 +10,9 @@ need_apt=()
 # debootstrap: the Nix version matrix's chroots (scripts/nix-chroots.sh);
 # sudo: the daemon test (a non-root job user with passwordless sudo, as on
 # GitHub's hosted runners).
-for p in nix-bin busybox-static zstd bc time nginx curl sudo debootstrap; do
+# bash-static: a flake devShell's builder in the environment-archive test
+# (`nix develop` wants bash).
+for p in nix-bin busybox-static bash-static zstd bc time nginx curl sudo debootstrap; do
   dpkg -s "$p" >/dev/null 2>&1 || need_apt+=("$p")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

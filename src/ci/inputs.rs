@@ -51,6 +51,8 @@ pub struct Inputs {
     pub watch: bool,
     /// `--key-from-eval`: installables or Nix files keying the archive too.
     pub key_from_eval: Vec<String>,
+    /// `--env`: an environment archive of these shells.
+    pub env: Vec<String>,
     /// A bearer token for an http(s) cache (GitHub's `cache-token`).
     pub cache_token: Option<Secret<String>>,
     /// A signing key is given somewhere (set by [`Inputs::settle`]).
@@ -162,6 +164,7 @@ impl Inputs {
                 v => parse_bool("watch", v)?,
             },
             key_from_eval: split_words(src.list("key-from-eval")),
+            env: split_words(src.list("env")),
             cache_token: None,
             has_key: false,
             state_dir: None,
@@ -230,6 +233,7 @@ impl Inputs {
         a.many("--key-file", &self.key_files);
         a.many("--restore-prefix", &self.restore_prefixes);
         a.many("--key-from-eval", &self.key_from_eval);
+        a.many("--env", &self.env);
         a.one("--max-archive-size", self.max_archive_size.as_deref());
         a.switch("--read-only", self.read_only);
         a.switch("--strict", self.strict);

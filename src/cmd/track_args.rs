@@ -113,6 +113,11 @@ pub struct ArchiveArgs {
     /// evaluates; finish saves under both keys (see `nixdelta key --eval`).
     #[arg(long, value_name = "X", env = "NIXDELTA_KEY_FROM_EVAL")]
     pub key_from_eval: Vec<String>,
+    /// An environment archive: save what entering the development shell X
+    /// needs offline (a Nix file such as shell.nix, or a flake installable
+    /// such as .#devShells.x86_64-linux.default; repeatable), not the diff.
+    #[arg(long = "env", value_name = "X", env = "NIXDELTA_DEV_ENV")]
+    pub env: Vec<String>,
     /// Cap on the saved archive's NAR bytes (e.g. 4G): the largest leaves
     /// are left out first.
     #[arg(long, value_name = "SIZE")]
@@ -249,6 +254,7 @@ impl ArchiveArgs {
                 .map(|s| Size::of_option("--max-archive-size", s))
                 .transpose()?,
             resave_threshold: Size::of_option("--resave-threshold", &self.resave_threshold)?,
+            env: self.env.clone(),
         })
     }
 

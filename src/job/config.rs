@@ -112,6 +112,9 @@ pub struct ArchiveConfig {
     pub max_size: Option<Size>,
     /// On an exact hit, save a grown archive when the job realised more.
     pub resave_threshold: Size,
+    /// `--env`: the archive holds what entering these development
+    /// environments needs (Nix files or flake installables), not the diff.
+    pub env: Vec<String>,
 }
 
 /// `--resave-threshold`'s default.
@@ -124,6 +127,7 @@ impl Default for ArchiveConfig {
             read_only: false,
             max_size: None,
             resave_threshold: RESAVE_THRESHOLD,
+            env: Vec::new(),
         }
     }
 }

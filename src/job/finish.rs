@@ -241,13 +241,19 @@ pub fn finish(cfg: &JobConfig, st: &State, obs: &dyn Observer) -> Result<Finishe
     let Some(facts) = facts.filter(|_| !cfg.push.dry_run) else {
         return Ok(done);
     };
+    // Computed once for both keys.
+    let env = prepared
+        .as_ref()
+        .map_err(Error::again)
+        .and_then(|p| env_candidates(cfg, p));
     let saved = grouped(obs, "nixdelta: save the store archive", || {
         let p = prepared.as_ref().map_err(Error::again)?;
         let key = match &facts.key {
             Some(k) => k.clone(),
             None => key().as_ref().map_err(Error::again)?.key.clone(),
         };
-        save_under(cfg, p, &facts, key, obs)
+        let env = env.as_ref().map_err(Error::again)?;
+        save_under(cfg, p, &facts, key, env.as_deref(), obs)
     });
     match saved {
         Ok(s) => done.saved = Some(s),
@@ -268,7 +274,8 @@ pub fn finish(cfg: &JobConfig, st: &State, obs: &dyn Observer) -> Result<Finishe
                 outcome: Restored::Miss,
                 ..facts.clone()
             };
-            save_under(cfg, p, &facts, eval_key, obs)
+            let env = env.as_ref().map_err(Error::again)?;
+            save_under(cfg, p, &facts, eval_key, env.as_deref(), obs)
         },
     );
     match saved {
@@ -285,6 +292,7 @@ fn save_under(
     p: &Prepared,
     facts: &ArchiveFacts,
     key: String,
+    env: Option<&[PathInfo]>,
     obs: &dyn Observer,
 ) -> Result<(ArchiveFacts, SaveReport)> {
     let mut facts = facts.clone();
@@ -292,11 +300,43 @@ fn save_under(
     let input = SaveInput {
         facts,
         key,
-        new: &p.new,
-        candidates: p.candidates(),
+        new: env.unwrap_or(&p.new),
+        candidates: env.unwrap_or(p.candidates()),
         filters: &p.filters,
     };
     save(cfg, &p.store, input, obs)
+}
+
+/// An environment archive's paths (`--env`): the closures of what entering
+/// each shell needs, and the job's eval-time paths (sources it fetched or
+/// added while evaluating, e.g. a pinned nixpkgs): evaluation needs them
+/// offline. Not the job's build outputs.
+fn env_candidates(cfg: &JobConfig, p: &Prepared) -> Result<Option<Vec<PathInfo>>> {
+    if cfg.archive.env.is_empty() {
+        return Ok(None);
+    }
+    let scratch = tempfile::tempdir().map_err(|e| Error::Other(e.into()))?;
+    let mut roots = Vec::new();
+    for what in &cfg.archive.env {
+        let found = p
+            .store
+            .env_roots(what, scratch.path())
+            .map_err(|e| Error::Input {
+                path: what.into(),
+                msg: format!(
+                    "cannot find what entering this shell needs ({e}); enter it in the job first"
+                ),
+            })?;
+        roots.extend(found);
+    }
+    let mut paths = p.store.closure(&roots)?;
+    let have: std::collections::HashSet<_> = paths.iter().map(|i| i.path.clone()).collect();
+    let eval_time = p
+        .candidates()
+        .iter()
+        .filter(|i| i.deriver.is_none() && !i.path.is_derivation() && !have.contains(&i.path));
+    paths.extend(eval_time.cloned().collect::<Vec<_>>());
+    Ok(Some(paths))
 }
 
 /// The evaluated key start found, else (when finish is given

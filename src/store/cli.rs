@@ -151,6 +151,34 @@ impl Cli {
         parse(line, store_dir)
     }
 
+    /// A flake's development environment, built by Nix (`nix
+    /// print-dev-env --profile`): the store path the profile points to.
+    pub fn dev_env(&self, installable: &str, profile: &Path, store_dir: &str) -> Result<StorePath> {
+        let args = [
+            "--extra-experimental-features".into(),
+            "nix-command flakes".into(),
+            "print-dev-env".into(),
+            "--profile".into(),
+            profile.display().to_string(),
+            installable.to_string(),
+        ];
+        self.run("nix", &args)?;
+        let target = std::fs::read_link(profile).map_err(|e| {
+            Error::Store(format!(
+                "{installable}: no dev profile at {}: {e}",
+                profile.display()
+            ))
+        })?;
+        // The profile links to a generation link, which links to the store.
+        let target = if target.starts_with(store_dir) {
+            target
+        } else {
+            let gen = profile.parent().unwrap_or(Path::new(".")).join(&target);
+            std::fs::read_link(&gen).unwrap_or(target)
+        };
+        parse(&target.display().to_string(), store_dir)
+    }
+
     /// The `.drv` paths a Nix file evaluates to (`nix-instantiate FILE`).
     pub fn instantiate(&self, file: &str, store_dir: &str) -> Result<Vec<StorePath>> {
         let out = self.run("nix-instantiate", &[file.to_string()])?;

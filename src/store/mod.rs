@@ -294,6 +294,45 @@ impl Store {
         }
     }
 
+    /// What entering the development environment `what` needs, as roots
+    /// whose closures the store holds: for a Nix file (`shell.nix`), the
+    /// inputs of each derivation it yields (its input derivations' outputs
+    /// and its input sources: what `nix-shell` realises before it starts a
+    /// shell); for a flake installable, the environment `nix develop`
+    /// builds (`nix print-dev-env --profile`, into `scratch`).
+    pub fn env_roots(&self, what: &str, scratch: &Path) -> Result<Vec<StorePath>> {
+        let is_file = !what.contains('#') && Path::new(what).exists();
+        if !is_file {
+            let cli = cli::Cli::new(self.root.as_deref())?;
+            return Ok(vec![cli.dev_env(
+                what,
+                &scratch.join("profile"),
+                &self.store_dir,
+            )?]);
+        }
+        let mut roots = Vec::new();
+        for drv in self.derivations_of(what)? {
+            let info = self.path_info(&drv)?.ok_or_else(|| {
+                Error::Path(format!(
+                    "{}: not valid after evaluation",
+                    drv.to_absolute(&self.store_dir)
+                ))
+            })?;
+            let (drvs, srcs): (Vec<StorePath>, Vec<StorePath>) = info
+                .references
+                .into_iter()
+                .filter(|r| *r != drv)
+                .partition(|r| r.is_derivation());
+            roots.extend(srcs);
+            for outs in self.derivation_outputs(&drvs)? {
+                roots.extend(outs);
+            }
+        }
+        roots.sort();
+        roots.dedup();
+        Ok(roots)
+    }
+
     /// The current snapshot. Needs the DB.
     pub fn snapshot(&self) -> Result<Snapshot> {
         match &self.backend {

@@ -14,6 +14,7 @@ mod ci_gitlab;
 mod ci_track;
 mod closure;
 mod daemon;
+mod env_archive;
 mod errors;
 mod hardening;
 mod key_eval;
