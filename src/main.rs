@@ -51,9 +51,10 @@ impl Cli {
                 netrc_file: net.netrc_file.clone(),
                 ..JobOpt::default()
             },
-            Command::Keygen { .. } | Command::Configure { .. } | Command::Nar { .. } => {
-                JobOpt::default()
-            }
+            Command::Keygen { .. }
+            | Command::Configure { .. }
+            | Command::Nar { .. }
+            | Command::FailedTree { .. } => JobOpt::default(),
         };
         JobOpt {
             store: after.store.or_else(|| self.before.store.clone()),
@@ -207,6 +208,8 @@ store archive saved on a key miss or a partial hit.",
         archive: cmd::track_args::ArchiveArgs,
         #[command(flatten)]
         configure: cmd::track_args::ConfigureArgs,
+        #[command(flatten)]
+        keep: cmd::track_args::KeepFailedArgs,
         /// The command and its arguments, after `--`.
         #[arg(last = true, required = true, value_name = "COMMAND")]
         command: Vec<String>,
@@ -239,6 +242,11 @@ store archive saved on a key miss or a partial hit.",
         job: JobOpt,
         #[command(flatten)]
         args: cmd::key::KeyArgs,
+    },
+    /// The build trees `run --keep-failed` saved from a failed build.
+    FailedTree {
+        #[command(subcommand)]
+        cmd: cmd::failed::FailedTreeCommand,
     },
     /// Write the NAR of a store path to stdout (as `nix-store --dump`).
     #[command(hide = true)]
@@ -370,6 +378,7 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Start { args, .. } => cmd::track::start(store_root, &args),
         Command::Watch { args, .. } => cmd::watch::watch(store_root, &args),
         Command::Key { args, .. } => cmd::key::key_cmd(store_root, &args),
+        Command::FailedTree { cmd } => cmd::failed::run(&cmd),
         Command::Finish {
             state,
             args,
@@ -380,9 +389,10 @@ fn run(cli: Cli) -> Result<i32> {
             args,
             archive,
             configure,
+            keep,
             command,
             ..
-        } => cmd::track::run(store_root, &args, &archive, &configure, &command),
+        } => cmd::track::run(store_root, &args, &archive, &configure, &keep, &command),
         Command::Archive { cmd, .. } => cmd::archive::run(store_root, cmd),
         Command::Verify { args, .. } => cmd::verify::verify_cmd(&args),
         Command::Nar { path } => {

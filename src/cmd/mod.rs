@@ -3,6 +3,7 @@
 pub mod archive;
 pub mod common;
 pub mod configure;
+pub mod failed;
 pub mod key;
 pub mod keygen;
 pub mod push;

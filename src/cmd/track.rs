@@ -14,7 +14,9 @@ use nixdelta::pipeline::snapshot::State;
 
 use super::common::upload_options;
 use super::report::{finish_summary, read_table, restore_table, Report};
-use super::track_args::{ArchiveArgs, ConfigureArgs, FinishArgs, StartArgs, StateArgs};
+use super::track_args::{
+    ArchiveArgs, ConfigureArgs, FinishArgs, KeepFailedArgs, StartArgs, StateArgs,
+};
 use super::watch::{check_watch, watch_argv};
 use crate::ci::{self, Kind};
 
@@ -273,6 +275,7 @@ pub fn run(
     args: &FinishArgs,
     a: &ArchiveArgs,
     c: &ConfigureArgs,
+    keep: &KeepFailedArgs,
     command: &[String],
 ) -> Result<i32> {
     // Options are checked before the command runs (which may take an
@@ -281,6 +284,8 @@ pub fn run(
         read: c.config(),
         ..job_config(store_root, args, a)?
     };
+    let keep_cap = nixdelta::size::Size::of_option("--keep-failed-max", &keep.keep_failed_max)?;
+    let started_at = nixdelta::store::jobs::now();
     cfg.push.validate()?;
     let read = job::read::plan(&cfg, &env_var)?;
     // The user's command runs even when nixdelta cannot take a snapshot
@@ -308,7 +313,17 @@ pub fn run(
         Some(side) => configure(&cfg, side, conf_dir.path(), false)?,
         None => Vec::new(),
     };
+    let mut env = env;
+    if keep.keep_failed {
+        // NIX_CONFIG is applied last and keep-failed is no list: appending
+        // keeps the user's settings.
+        let user = std::env::var("NIX_CONFIG").unwrap_or_default();
+        env.push(("NIX_CONFIG".into(), format!("{user}\nkeep-failed = true\n")));
+    }
     let code = run_command(command, &env)?;
+    if code != 0 && keep.keep_failed {
+        keep_failed(&cfg, started_at, keep_cap.0);
+    }
     let Some(st) = st else { return Ok(code) };
     if code != 0 {
         eprintln!("nixdelta: command exited with {code}; pushing what it realised anyway");
@@ -320,6 +335,48 @@ pub fn run(
             eprintln!("nixdelta: error: {e}");
             Ok(code)
         }
+    }
+}
+
+/// The build trees of the failed command: saved, and how to get them back.
+fn keep_failed(cfg: &JobConfig, since: u64, cap: u64) {
+    let fe = ci::frontend();
+    let trees = job::failed::collect(since);
+    if trees.is_empty() {
+        eprintln!(
+            "nixdelta: keep-failed: no build directory was kept (the failure was not in a build)"
+        );
+        return;
+    }
+    let list: Vec<String> = trees.iter().map(|t| t.display().to_string()).collect();
+    let Some(backend) = &cfg.archive.backend else {
+        fe.warning(&format!(
+            "keep-failed: {} build trees kept on this machine only (give --archive to store them): {}",
+            trees.len(),
+            list.join(" ")
+        ));
+        return;
+    };
+    match job::failed::save(backend, "run", trees, cap) {
+        Ok(k) => {
+            let cut = if k.packed.cut.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; {} files over the cap left out (listed in CUT.txt)",
+                    k.packed.cut.len()
+                )
+            };
+            fe.notice(&format!(
+                "kept {} failed build trees ({} files, {}{cut}). Fetch them: nixdelta failed-tree fetch --archive {} --key {} --out ./failed-tree ; then, in the tree, `nix develop <the .drv>` and run the remaining phases by hand (e.g. `runPhase installPhase`), or add `breakpointHook` to nativeBuildInputs to stop in the failing build",
+                k.trees.len(),
+                k.packed.files,
+                nixdelta::pipeline::summary::mb(k.packed.bytes),
+                k.backend,
+                k.key
+            ));
+        }
+        Err(e) => fe.warning(&format!("keep-failed: build trees NOT saved: {e}")),
     }
 }
 

@@ -275,3 +275,16 @@ impl ArchiveArgs {
         }
     }
 }
+
+/// `run --keep-failed`: the build trees of a failed build, kept and stored.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct KeepFailedArgs {
+    /// Run the command's Nix with `keep-failed`; when it fails, pack the
+    /// build directories Nix kept and save them in the --archive backend
+    /// (key `failed-…`), with the command that fetches them.
+    #[arg(long, env = "NIXDELTA_KEEP_FAILED")]
+    pub keep_failed: bool,
+    /// At most this much of their files (the rest is listed in CUT.txt).
+    #[arg(long, value_name = "SIZE", default_value = "256M")]
+    pub keep_failed_max: String,
+}

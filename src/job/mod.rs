@@ -6,6 +6,7 @@
 //! watch through an [`Observer`].
 
 pub mod config;
+pub mod failed;
 pub mod finish;
 pub mod key;
 pub mod keys;

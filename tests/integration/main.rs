@@ -17,6 +17,7 @@ mod daemon;
 mod env_archive;
 mod errors;
 mod hardening;
+mod keep_failed;
 mod key_eval;
 mod matrix;
 mod push;

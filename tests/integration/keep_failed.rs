@@ -1,0 +1,114 @@
+//! Failed build trees kept (issue 13 item 4, the CLI): `run --keep-failed`
+//! runs the command's Nix with keep-failed; the tree of the failed build is
+//! packed (size-capped) into the archive backend, and the printed
+//! `nixdelta failed-tree fetch` command brings it back.
+
+use crate::helpers::util::*;
+
+const FAILING: &str = r#"let
+  busybox = builtins.path {
+    name = "busybox-static";
+    path = /usr/bin;
+    filter = p: t: baseNameOf p == "busybox";
+  };
+in derivation {
+  name = "fails-in-install-SALT";
+  system = builtins.currentSystem;
+  builder = "${busybox}/busybox";
+  args = [ "sh" "-c" ''
+    mkdir -p src && echo 'int main() {}' > src/main.c
+    ${busybox}/busybox head -c 300000 /dev/zero > big.o
+    ln -s /etc/hostname host-link
+    echo compiled > build.log
+    exit 3
+  '' ];
+}
+"#;
+
+#[test]
+fn a_failed_build_s_tree_is_kept_and_fetched_back() {
+    let env = Env::new();
+    let salt = format!("{}", std::process::id());
+    std::fs::write(env.path("fail.nix"), FAILING.replace("SALT", &salt)).unwrap();
+    let tmp = env.path("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let backend = format!("dir:{}", env.path("archives").display());
+    let out = env
+        .nixdelta(&[
+            "run",
+            "--keep-failed",
+            "--keep-failed-max",
+            "100K",
+            "--archive",
+            &backend,
+        ])
+        .env("TMPDIR", &tmp)
+        .arg("--")
+        .arg("nix-build")
+        .arg("--store")
+        .arg(env.store())
+        .arg(env.path("fail.nix"))
+        .arg("--no-out-link")
+        .output()
+        .unwrap();
+    let text = show(&out);
+    // The command's failure (nix-build: 100) is the run's exit code.
+    assert_eq!(out.status.code(), Some(100), "{text}");
+    assert!(text.contains("kept 1 failed build trees"), "{text}");
+    assert!(text.contains("1 files over the cap left out"), "{text}");
+    let fetch = text
+        .lines()
+        .find_map(|l| l.split("Fetch them: ").nth(1))
+        .and_then(|l| l.split(" ; ").next())
+        .expect("the fetch command")
+        .to_string();
+    let args: Vec<&str> = fetch.split_whitespace().collect();
+    assert_eq!(args[..2], ["nixdelta", "failed-tree"]);
+    let dest = env.path("fetched");
+    ok(nixdelta()
+        .current_dir(env.dir.path())
+        .args(&args[1..args.len() - 1])
+        .arg(&dest));
+    let tree = std::fs::read_dir(&dest)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir())
+        .expect("a tree");
+    assert!(tree
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .starts_with("nix-build-fails-in-install"));
+    assert_eq!(
+        std::fs::read_to_string(tree.join("build.log")).unwrap(),
+        "compiled\n"
+    );
+    assert!(tree.join("src/main.c").exists());
+    // Over the cap: listed, not packed; a link stays a link.
+    assert!(!tree.join("big.o").exists());
+    let cut = std::fs::read_to_string(dest.join("CUT.txt")).unwrap();
+    assert!(cut.contains("big.o"), "{cut}");
+    assert_eq!(
+        std::fs::read_link(tree.join("host-link")).unwrap(),
+        std::path::Path::new("/etc/hostname")
+    );
+
+    // Without --keep-failed nothing is kept or saved.
+    let plain = env
+        .nixdelta(&["run", "--archive", &backend])
+        .env("TMPDIR", &tmp)
+        .arg("--")
+        .arg("nix-build")
+        .arg("--store")
+        .arg(env.store())
+        .arg(env.path("fail.nix"))
+        .arg("--no-out-link")
+        .output()
+        .unwrap();
+    assert_eq!(plain.status.code(), Some(100), "{}", show(&plain));
+    assert!(
+        !show(&plain).contains("failed build trees"),
+        "{}",
+        show(&plain)
+    );
+}
