@@ -9,8 +9,8 @@
 //! Layers, lowest first; a module imports only from layers below it (the
 //! test at the end of this file checks every `crate::` path):
 //!
-//! 1. [`error`], [`size`], [`secret`]: errors with exit codes; byte sizes;
-//!    values kept out of logs.
+//! 1. [`error`], [`size`], [`secret`], [`progress`]: errors with exit
+//!    codes; byte sizes; values kept out of logs; step counters.
 //! 2. [`nix`]: pure formats (store paths, nix32, NAR, narinfo, signing,
 //!    path info, the archive format).
 //! 3. [`net`]: the one HTTP client, retry policy, transfers, S3.
@@ -30,6 +30,7 @@ pub mod job;
 pub mod net;
 pub mod nix;
 pub mod pipeline;
+pub mod progress;
 pub mod secret;
 pub mod size;
 pub mod store;
@@ -40,23 +41,32 @@ mod layers {
     const ALLOWED: &[(&str, &[&str])] = &[
         ("error", &[]),
         ("secret", &[]),
+        ("progress", &[]),
         ("size", &["error"]),
         ("nix", &["error"]),
         ("net", &["error", "secret"]),
-        ("store", &["error", "nix"]),
-        ("cache", &["error", "secret", "size", "nix", "net", "store"]),
+        ("store", &["error", "nix", "progress"]),
+        (
+            "cache",
+            &["error", "secret", "size", "nix", "net", "store", "progress"],
+        ),
         (
             "archive",
-            &["error", "secret", "size", "nix", "net", "store", "cache"],
+            &[
+                "error", "secret", "size", "nix", "net", "store", "cache", "progress",
+            ],
         ),
         (
             "pipeline",
-            &["error", "secret", "size", "nix", "net", "store", "cache"],
+            &[
+                "error", "secret", "size", "nix", "net", "store", "cache", "progress",
+            ],
         ),
         (
             "job",
             &[
                 "error", "secret", "size", "nix", "net", "store", "cache", "archive", "pipeline",
+                "progress",
             ],
         ),
     ];

@@ -285,6 +285,7 @@ fn main() -> ExitCode {
         }
     };
     init_logging(cli.verbose);
+    cmd::progress::spawn();
     nixdelta::cache::set_defaults(nixdelta::cache::CacheOptions {
         netrc_file: cli.job_opt().netrc_file,
         retry: nixdelta::net::RetryPolicy::from_env(),

@@ -285,6 +285,8 @@ pub fn write_archive(
         enc.multithread(opts.threads).map_err(io_err)?;
     }
     format::write_header(&mut enc, &manifest).map_err(io_err)?;
+    let total = paths.iter().map(|i| i.nar_size).sum();
+    let _progress = crate::progress::begin("save", paths.len() as u64, total);
     for info in paths {
         let real = store.real_path(&info.path);
         let abs = info.path.to_absolute(store.store_dir());
@@ -302,6 +304,7 @@ pub fn write_archive(
                 h.n, info.nar_hash, info.nar_size
             )));
         }
+        crate::progress::add(1, info.nar_size);
     }
     format::write_trailer(&mut enc).map_err(io_err)?;
     enc.finish().map_err(io_err)?;

@@ -6,6 +6,7 @@ pub mod configure;
 pub mod failed;
 pub mod key;
 pub mod keygen;
+pub mod progress;
 pub mod push;
 pub mod report;
 pub mod track;

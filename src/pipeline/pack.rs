@@ -57,6 +57,8 @@ pub struct HashWriter<W> {
     inner: W,
     hasher: Sha256,
     count: u64,
+    /// Counts its bytes as the step's progress (the NAR side).
+    progress: bool,
 }
 
 impl<W: Write> HashWriter<W> {
@@ -65,6 +67,15 @@ impl<W: Write> HashWriter<W> {
             inner,
             hasher: Sha256::new(),
             count: 0,
+            progress: false,
+        }
+    }
+
+    /// The same, counting its bytes as the current step's progress.
+    pub fn with_progress(inner: W) -> Self {
+        HashWriter {
+            progress: true,
+            ..HashWriter::new(inner)
         }
     }
     pub fn finish(self) -> (W, Sha256Hash, u64) {
@@ -81,6 +92,9 @@ impl<W: Write> Write for HashWriter<W> {
         let n = self.inner.write(buf)?;
         self.hasher.update(&buf[..n]);
         self.count += n as u64;
+        if self.progress {
+            crate::progress::add(0, n as u64);
+        }
         Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -111,7 +125,7 @@ pub fn pack(
         zstd.set_parameter(zstd::zstd_safe::CParameter::JobSize(MULTITHREAD_JOB_SIZE))
             .map_err(io_err)?;
     }
-    let mut nar_hasher = HashWriter::new(zstd);
+    let mut nar_hasher = HashWriter::with_progress(zstd);
     let blame = |e: io::Error| match cache_failed.get() {
         true => Error::cache(cache.url(), format!("writing the NAR of {name}: {e}")),
         false => io_err(e),

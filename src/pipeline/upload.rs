@@ -78,6 +78,8 @@ pub fn upload(
     opts: &UploadOptions,
 ) -> UploadReport {
     let start = Instant::now();
+    let total: u64 = items.iter().map(|it| it.info.nar_size).sum();
+    let _progress = crate::progress::begin("push", items.len() as u64, total);
     let mut order: Vec<usize> = (0..items.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(items[i].info.nar_size));
     let (work_tx, work_rx) = crossbeam_channel::unbounded();
@@ -112,6 +114,7 @@ pub fn upload(
         }
         drop(done_tx);
         for (i, result) in done_rx {
+            crate::progress::add(1, 0);
             publisher.on_packed(i, result);
             if publisher.report.gave_up.is_some() {
                 stop.store(true, Ordering::Relaxed);

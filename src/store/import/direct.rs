@@ -245,6 +245,7 @@ impl Registrar<'_> {
             for i in registered {
                 self.bytes += self.entries[i].nar_size;
                 self.added += 1;
+                crate::progress::add(1, self.entries[i].nar_size);
             }
             for i in &self.order[self.next..end] {
                 self.results.remove(i);

@@ -127,6 +127,7 @@ pub(super) fn via_import<R: Read>(
         }
         added += 1;
         bytes += e.nar_size;
+        crate::progress::add(1, e.nar_size);
     }
     let end = stdin
         .write_all(&0u64.to_le_bytes())

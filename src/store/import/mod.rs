@@ -241,6 +241,17 @@ pub fn import<R: Read>(
     }
     let l = layout(store);
     let t = Instant::now();
+    let to_import = || {
+        entries
+            .iter()
+            .zip(&actions)
+            .filter(|(_, a)| **a == Action::Import)
+    };
+    let _progress = crate::progress::begin(
+        "restore",
+        to_import().count() as u64,
+        to_import().map(|(e, _)| e.nar_size).sum(),
+    );
     let (added, bytes, raced) = match method {
         ImportMethod::Direct => direct(store, &l, &mut dec, &entries, &actions, what, opts)?,
         _ => via_import(&l, &mut dec, &entries, &actions, what)?,
