@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 
 use nixdelta::error::{exit, Error, Result};
 use nixdelta::nix::nar;
+use nixdelta::nix::StoreSpec;
 use nixdelta::store::Store;
 
 #[derive(Parser)]
@@ -81,9 +82,10 @@ impl Cli {
 /// talks to a cache takes.
 #[derive(clap::Args, Clone, Default)]
 struct JobOpt {
-    /// Chroot store root, as Nix's `--store DIR` (default: the system store).
-    #[arg(long, value_name = "DIR", env = "NIXDELTA_STORE")]
-    store: Option<PathBuf>,
+    /// The store, as Nix's `--store`: a chroot DIR, `local?root=DIR`,
+    /// `daemon` or `unix://SOCKET?root=DIR` (default: the system store).
+    #[arg(long, value_name = "STORE", env = "NIXDELTA_STORE")]
+    store: Option<StoreSpec>,
     /// netrc file with credentials for http(s):// caches, as Nix's
     /// `netrc-file` (default: /etc/nix/netrc when present).
     #[arg(long, value_name = "FILE", env = "NIXDELTA_NETRC_FILE")]
@@ -93,9 +95,10 @@ struct JobOpt {
 /// `--store` for `archive` and its subcommands (`archive save --store DIR`).
 #[derive(clap::Args, Clone, Default)]
 struct ArchiveStoreOpt {
-    /// Chroot store root, as Nix's `--store DIR` (default: the system store).
-    #[arg(long, global = true, value_name = "DIR", env = "NIXDELTA_STORE")]
-    store: Option<PathBuf>,
+    /// The store, as Nix's `--store`: a chroot DIR, `local?root=DIR`,
+    /// `daemon` or `unix://SOCKET?root=DIR` (default: the system store).
+    #[arg(long, global = true, value_name = "STORE", env = "NIXDELTA_STORE")]
+    store: Option<StoreSpec>,
 }
 
 #[derive(clap::Args, Clone, Default)]
@@ -367,8 +370,8 @@ where
 }
 
 fn run(cli: Cli) -> Result<i32> {
-    let store_root = cli.job_opt().store;
-    let store_root = store_root.as_deref();
+    let store = cli.job_opt().store.unwrap_or_default();
+    let store_root = &store;
     match cli.command {
         Command::Keygen { name, out, force } => cmd::keygen::keygen(&name, &out, force),
         Command::Configure { args } => cmd::configure::configure(&args),

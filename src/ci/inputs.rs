@@ -15,6 +15,8 @@ use super::Step;
 /// `Debug` shows no secret: the key is a [`Secret`].
 #[derive(Debug, Default)]
 pub struct Inputs {
+    /// The store, as `--store` (a directory or a Nix store URL).
+    pub store: Option<String>,
     pub binary_cache: Option<String>,
     /// Key content (GitHub's `secret-key`, Buildkite's `secret-key-env`).
     pub secret_key: Option<Secret<String>>,
@@ -114,6 +116,7 @@ impl Inputs {
     pub fn read(src: &dyn Source) -> Result<Inputs> {
         let archive = src.get("archive").filter(|a| a != "none");
         Ok(Inputs {
+            store: src.get("store"),
             binary_cache: src.get("binary-cache"),
             secret_key: None,
             secret_key_file: src.get("secret-key-file"),
@@ -228,7 +231,8 @@ impl Inputs {
             given,
             out: Vec::new(),
         };
-        // Archive options: every step.
+        // The store and the archive options: every step.
+        a.one("--store", self.store.as_deref());
         a.one("--archive", self.archive.as_deref());
         a.many("--key-file", &self.key_files);
         a.many("--restore-prefix", &self.restore_prefixes);
@@ -380,6 +384,23 @@ mod tests {
         let run = strs(&i.args(Step::Run, &[]));
         assert!(run.contains(&"--to=file:///c".to_string()));
         assert!(!run.iter().any(|a| a.starts_with("--state-dir")));
+    }
+
+    #[test]
+    fn the_store_input_is_store_on_every_step() {
+        let i = Inputs {
+            store: Some("unix:///mnt/nix/var/nix/daemon-socket/socket?root=/mnt".into()),
+            ..Default::default()
+        };
+        for step in [Step::Start, Step::Finish, Step::Run] {
+            let a = strs(&i.args(step, &[]));
+            assert_eq!(
+                a[0], "--store=unix:///mnt/nix/var/nix/daemon-socket/socket?root=/mnt",
+                "{a:?}"
+            );
+        }
+        let given = strs(&i.args(Step::Start, &["--store=/x".into()]));
+        assert!(!given.iter().any(|a| a.starts_with("--store")), "{given:?}");
     }
 
     #[test]

@@ -1,13 +1,14 @@
 //! `nixdelta archive save|restore`: store archives by cache key.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use nixdelta::archive::{self, ImportMethod, ImportOptions, SaveOptions};
 use nixdelta::error::{exit, Error, Result};
 use nixdelta::job::key::{self, CacheKey};
-use nixdelta::nix::StorePath;
+use nixdelta::nix::{StorePath, StoreSpec};
 use nixdelta::pipeline::summary::mb;
 use nixdelta::size::Size;
+use nixdelta::store::import::check_method;
 use nixdelta::store::Store;
 
 #[derive(clap::Args, Clone, Debug)]
@@ -103,7 +104,7 @@ fn cache_key(args: &KeyArgs, prefixes: &[String]) -> Result<CacheKey> {
     Ok(k)
 }
 
-pub fn run(store_root: Option<&Path>, cmd: ArchiveCommand) -> Result<i32> {
+pub fn run(store: &StoreSpec, cmd: ArchiveCommand) -> Result<i32> {
     match cmd {
         ArchiveCommand::Save {
             key,
@@ -114,7 +115,7 @@ pub fn run(store_root: Option<&Path>, cmd: ArchiveCommand) -> Result<i32> {
             paths,
         } => {
             let k = cache_key(&key, &[])?;
-            let store = Store::open(store_root)?;
+            let store = Store::open(store)?;
             let mut args = paths;
             if let Some(f) = from_file {
                 let text = if f.as_os_str() == "-" {
@@ -191,10 +192,9 @@ pub fn run(store_root: Option<&Path>, cmd: ArchiveCommand) -> Result<i32> {
             jobs,
         } => {
             let k = cache_key(&key, &restore_prefixes)?;
-            if let Some(root) = store_root {
-                Store::init(root)?;
-            }
-            let store = Store::open(store_root)?;
+            check_method(store, method)?;
+            Store::init(store)?;
+            let store = Store::open(store)?;
             let backend = archive::open(&key.archive, key.read_only)?;
             let mut opts = ImportOptions {
                 method,

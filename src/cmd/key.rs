@@ -1,10 +1,11 @@
 //! `nixdelta key`: the archive key a job would use, from its key files or
 //! (`--eval`) from the derivations an installable or Nix file evaluates to.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use nixdelta::error::{exit, Result};
 use nixdelta::job::KeySpec;
+use nixdelta::nix::StoreSpec;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct KeyArgs {
@@ -27,7 +28,7 @@ pub struct KeyArgs {
     pub json: bool,
 }
 
-pub fn key_cmd(store_root: Option<&Path>, args: &KeyArgs) -> Result<i32> {
+pub fn key_cmd(store: &StoreSpec, args: &KeyArgs) -> Result<i32> {
     let spec = KeySpec {
         dir: args.key_dir.clone(),
         files: args.key_files.clone(),
@@ -36,7 +37,7 @@ pub fn key_cmd(store_root: Option<&Path>, args: &KeyArgs) -> Result<i32> {
     let (k, secs) = if args.eval.is_empty() {
         (spec.compute()?, None)
     } else {
-        let (k, secs) = spec.evaluate(store_root, &args.eval)?;
+        let (k, secs) = spec.evaluate(store, &args.eval)?;
         (k, Some(secs))
     };
     for n in &k.notes {

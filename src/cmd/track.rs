@@ -8,6 +8,7 @@ use std::path::Path;
 
 use nixdelta::error::{exit, Error, Result};
 use nixdelta::job::{self, JobConfig, PushConfig};
+use nixdelta::nix::StoreSpec;
 use nixdelta::pipeline::closure;
 use nixdelta::pipeline::read_side::ReadSide;
 use nixdelta::pipeline::snapshot::State;
@@ -21,7 +22,7 @@ use super::watch::{check_watch, watch_argv};
 use crate::ci::{self, Kind};
 
 /// The job `start` runs: the archive, warm-start and read-side options.
-pub(super) fn start_config(store_root: Option<&Path>, args: &StartArgs) -> Result<JobConfig> {
+pub(super) fn start_config(store: &StoreSpec, args: &StartArgs) -> Result<JobConfig> {
     let f = &args.filter;
     Ok(JobConfig {
         filters: f.config()?,
@@ -34,14 +35,14 @@ pub(super) fn start_config(store_root: Option<&Path>, args: &StartArgs) -> Resul
         },
         read: args.configure.config(),
         scope: args.scope.config(),
-        ..archive_config(store_root, &args.archive, args.strict)?
+        ..archive_config(store, &args.archive, args.strict)?
     })
 }
 
 /// The archive and warm-start options of a job.
-fn archive_config(store_root: Option<&Path>, a: &ArchiveArgs, strict: bool) -> Result<JobConfig> {
+fn archive_config(store: &StoreSpec, a: &ArchiveArgs, strict: bool) -> Result<JobConfig> {
     Ok(JobConfig {
-        store_root: store_root.map(Path::to_path_buf),
+        store: store.clone(),
         key: a.key(),
         archive: a.config()?,
         warm: a.warm(),
@@ -52,7 +53,7 @@ fn archive_config(store_root: Option<&Path>, a: &ArchiveArgs, strict: bool) -> R
 
 /// The job `finish` and `run` run. Bad patterns and sizes are usage
 /// errors here, before anything else happens.
-fn job_config(store_root: Option<&Path>, f: &FinishArgs, a: &ArchiveArgs) -> Result<JobConfig> {
+fn job_config(store: &StoreSpec, f: &FinishArgs, a: &ArchiveArgs) -> Result<JobConfig> {
     Ok(JobConfig {
         filters: f.filter.config()?,
         push: PushConfig {
@@ -66,7 +67,7 @@ fn job_config(store_root: Option<&Path>, f: &FinishArgs, a: &ArchiveArgs) -> Res
             closure: closure_mode(f)?,
         },
         scope: f.scope.config(),
-        ..archive_config(store_root, a, f.strict)?
+        ..archive_config(store, a, f.strict)?
     })
 }
 
@@ -161,8 +162,8 @@ fn summarise_start(started: &job::Started) {
     }
 }
 
-pub fn start(store_root: Option<&Path>, args: &StartArgs) -> Result<i32> {
-    let cfg = start_config(store_root, args)?;
+pub fn start(store: &StoreSpec, args: &StartArgs) -> Result<i32> {
+    let cfg = start_config(store, args)?;
     let dir = args.state.dir();
     if args.watch {
         check_watch(&cfg, args, &dir)?;
@@ -207,7 +208,7 @@ pub fn start(store_root: Option<&Path>, args: &StartArgs) -> Result<i32> {
 
 /// `finish` as a command: the state from `start`, then [`finish_with`].
 pub fn finish(
-    store_root: Option<&Path>,
+    store: &StoreSpec,
     state: &StateArgs,
     args: &FinishArgs,
     a: &ArchiveArgs,
@@ -215,7 +216,7 @@ pub fn finish(
     let dir = state.dir();
     let cfg = JobConfig {
         state_dir: Some(dir.clone()),
-        ..job_config(store_root, args, a)?
+        ..job_config(store, args, a)?
     };
     let fe = ci::frontend();
     let in_ci = fe.kind() != Kind::None;
@@ -271,7 +272,7 @@ fn finish_with(cfg: &JobConfig, st: &State, json: bool, out: &mut dyn Write) -> 
 /// through, signals forwarded), finish — also when the command failed.
 /// Exits with the command's code.
 pub fn run(
-    store_root: Option<&Path>,
+    store: &StoreSpec,
     args: &FinishArgs,
     a: &ArchiveArgs,
     c: &ConfigureArgs,
@@ -282,7 +283,7 @@ pub fn run(
     // hour): a bad regex, size, URL or key is reported now, not after it.
     let cfg = JobConfig {
         read: c.config(),
-        ..job_config(store_root, args, a)?
+        ..job_config(store, args, a)?
     };
     let keep_cap = nixdelta::size::Size::of_option("--keep-failed-max", &keep.keep_failed_max)?;
     let started_at = nixdelta::store::jobs::now();

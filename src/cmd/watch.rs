@@ -5,6 +5,7 @@ use std::path::Path;
 
 use nixdelta::error::{exit, Error, Result};
 use nixdelta::job::{self, JobConfig};
+use nixdelta::nix::StoreSpec;
 use nixdelta::pipeline::snapshot::State;
 
 use super::track::start_config;
@@ -63,8 +64,8 @@ pub(super) fn watch_argv(argv: &[std::ffi::OsString]) -> Vec<std::ffi::OsString>
 }
 
 /// The background uploader's life (`start --watch` runs it).
-pub fn watch(store_root: Option<&Path>, args: &StartArgs) -> Result<i32> {
-    let cfg = start_config(store_root, args)?;
+pub fn watch(store: &StoreSpec, args: &StartArgs) -> Result<i32> {
+    let cfg = start_config(store, args)?;
     let dir = args.state.dir();
     let st = State::load(&dir)?;
     let opts = job::watch::WatchOptions {

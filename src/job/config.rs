@@ -7,6 +7,7 @@ use regex::Regex;
 
 use super::key::{self, CacheKey};
 use crate::error::{Error, Result};
+use crate::nix::StoreSpec;
 use crate::pipeline::filter::{compile_excludes, Filters};
 use crate::pipeline::self_source;
 use crate::pipeline::upload::UploadOptions;
@@ -16,8 +17,8 @@ use crate::store::{PathInfo, Store};
 /// Everything `start`, `finish` and `run` act on.
 #[derive(Clone, Debug, Default)]
 pub struct JobConfig {
-    /// A chroot store (`--store DIR`), or the system store.
-    pub store_root: Option<PathBuf>,
+    /// The store, as Nix's `--store` (default: the system store).
+    pub store: StoreSpec,
     pub key: KeySpec,
     pub archive: ArchiveConfig,
     pub warm: WarmConfig,
@@ -61,13 +62,13 @@ impl Default for KeySpec {
 impl KeySpec {
     /// The evaluated key of `what` (installables or Nix files, resolved
     /// against the key dir), and the seconds evaluation took.
-    pub fn evaluate(&self, store_root: Option<&Path>, what: &[String]) -> Result<(CacheKey, f64)> {
+    pub fn evaluate(&self, store: &StoreSpec, what: &[String]) -> Result<(CacheKey, f64)> {
         let t = std::time::Instant::now();
         // A fresh runner's store has no DB before its first path.
-        if let (Some(root), false) = (store_root, Store::exists(store_root)) {
-            Store::init(root)?;
+        if store.root().is_some() && !Store::exists(store) {
+            Store::init(store)?;
         }
-        let store = Store::open(store_root)?;
+        let store = Store::open(store)?;
         let mut drvs = Vec::new();
         for w in what {
             let arg = if w.contains('#') || Path::new(w).is_absolute() {

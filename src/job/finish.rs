@@ -61,7 +61,7 @@ struct Prepared {
 }
 
 fn prepare(cfg: &JobConfig, st: &State, facts: Option<&ArchiveFacts>) -> Result<Prepared> {
-    let store = Store::open(cfg.store_root.as_deref())?;
+    let store = Store::open(&cfg.store)?;
     let t = std::time::Instant::now();
     let new = diff::diff(&store, st)?;
     tracing::info!(
@@ -157,7 +157,7 @@ fn push_candidates<'a>(cfg: &JobConfig, p: &'a Prepared) -> Result<(Candidates<'
 
 /// Push, warm manifest, then archive save.
 pub fn finish(cfg: &JobConfig, st: &State, obs: &dyn Observer) -> Result<Finished> {
-    same_store(st, cfg.store_root.as_deref())?;
+    same_store(st, cfg.store.absolute().root())?;
     // The background uploader drains first: what it pushed is not asked again.
     let watched = cfg
         .state_dir
@@ -345,7 +345,7 @@ fn evaluated_key(cfg: &JobConfig, facts: &ArchiveFacts, obs: &dyn Observer) -> O
     let k = match &facts.eval_key {
         Some(k) => k.clone(),
         None if cfg.key.eval.is_empty() => return None,
-        None => match cfg.key.evaluate(cfg.store_root.as_deref(), &cfg.key.eval) {
+        None => match cfg.key.evaluate(&cfg.store, &cfg.key.eval) {
             Ok((k, _)) => k.key,
             Err(e) => {
                 obs.warning(&format!(

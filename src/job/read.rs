@@ -201,11 +201,11 @@ pub fn write(cfg: &JobConfig, side: ReadSide, dir: &Path, env: Env) -> Result<Co
 /// with `--daemon`, what it lacks is added to its `nix.conf` once (the
 /// lines are only those missing) and it is restarted.
 fn check_daemon(cfg: &JobConfig, side: &ReadSide) -> Result<Option<Daemon>> {
-    if !daemon::in_use(cfg.store_root.as_deref()) {
+    if !daemon::in_use(&cfg.store) {
         return Ok(None);
     }
     let user = daemon::current_user();
-    let reported = daemon::reported_trust();
+    let reported = daemon::reported_trust(&cfg.store);
     let judge = || {
         trust(
             &user.name,

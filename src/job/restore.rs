@@ -26,7 +26,7 @@ pub struct Started {
 /// restore that fails is a warning unless `strict`; the snapshot is taken
 /// either way.
 pub fn start(cfg: &JobConfig, obs: &dyn Observer) -> Result<Started> {
-    let root = cfg.store_root.as_deref();
+    let root = &cfg.store;
     // Before the restore: the paths it adds are this job's.
     let job = super::scope::register(cfg, obs)?;
     let take = || -> Result<State> {
@@ -106,7 +106,7 @@ pub fn start(cfg: &JobConfig, obs: &dyn Observer) -> Result<Started> {
 /// output. A failed evaluation is a warning unless strict: the build says
 /// what is wrong with the expression.
 fn evaluate(cfg: &JobConfig, facts: &mut ArchiveFacts, obs: &dyn Observer) -> Result<()> {
-    match cfg.key.evaluate(cfg.store_root.as_deref(), &cfg.key.eval) {
+    match cfg.key.evaluate(&cfg.store, &cfg.key.eval) {
         Ok((k, secs)) => {
             obs.note(&format!(
                 "evaluated key {} in {secs:.2} s ({})",
@@ -136,7 +136,7 @@ fn restore_archive(
     facts: &mut ArchiveFacts,
     obs: &dyn Observer,
 ) -> Result<RestoreReport> {
-    let root = cfg.store_root.as_deref();
+    let store = &cfg.store;
     let backend = archive::open(spec, cfg.archive.read_only)?;
     let k = k.as_ref().map_err(Error::again)?;
     for n in &k.notes {
@@ -144,11 +144,9 @@ fn restore_archive(
     }
     facts.key = Some(k.key.clone());
     obs.note(&format!("cache key {}", k.key));
-    if let Some(root) = root {
-        Store::init(root)?;
-    }
-    let base = snapshot::take(root)?;
-    let store = Store::open(root)?;
+    Store::init(store)?;
+    let base = snapshot::take(store)?;
+    let store = Store::open(store)?;
     // An archive that grew on an exact hit is saved as `<key>-g<time>`:
     // the newest of those wins over the key's first archive.
     let grown = grown_prefix(&k.key);

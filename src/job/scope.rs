@@ -105,7 +105,7 @@ pub fn register(cfg: &JobConfig, obs: &dyn Observer) -> Result<Option<JobFacts>>
     if !s.enabled {
         return Ok(None);
     }
-    let root = cfg.store_root.as_deref();
+    let root = &cfg.store;
     let start_id = match Store::exists(root) {
         true => Store::open(root)?.snapshot().map_or(0, |s| s.max_id),
         false => 0,
@@ -113,7 +113,7 @@ pub fn register(cfg: &JobConfig, obs: &dyn Observer) -> Result<Option<JobFacts>>
     let registry = s
         .jobs_dir
         .clone()
-        .unwrap_or_else(|| jobs::default_dir(root));
+        .unwrap_or_else(|| jobs::default_dir(root.root()));
     let mut facts = JobFacts {
         id: jobs::new_id(),
         registry,
@@ -228,7 +228,7 @@ pub fn apply(
 fn roots(cfg: &JobConfig, store: &Store, job: &JobFacts) -> Result<Vec<StorePath>> {
     let args: Vec<String> = match &cfg.push.closure {
         Mode::Of(args) => args.clone(),
-        _ => jobs::workspace_roots(cfg.store_root.as_deref(), &job.workspace, job.started_at)
+        _ => jobs::workspace_roots(cfg.store.root(), &job.workspace, job.started_at)
             .iter()
             .map(|p| p.display().to_string())
             .collect(),

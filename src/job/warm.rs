@@ -21,7 +21,7 @@ use super::observer::Observer;
 /// Reads the manifest for this job's key `k` and substitutes its paths.
 pub fn restore(cfg: &JobConfig, k: &Result<CacheKey>, url: &str, obs: &dyn Observer) -> Result<()> {
     let t = Instant::now();
-    let root = cfg.store_root.as_deref();
+    let store = &cfg.store;
     let keys = load_trusted_keys(&cfg.warm.trusted_public_keys)?;
     if keys.is_empty() {
         return Err(Error::Usage(
@@ -35,13 +35,11 @@ pub fn restore(cfg: &JobConfig, k: &Result<CacheKey>, url: &str, obs: &dyn Obser
         obs.note(&format!("warm start: no manifest for {} in {url}", k.key));
         return Ok(());
     };
-    if let Some(root) = root {
-        Store::init(root)?;
-    }
+    Store::init(store)?;
     let paths: Vec<String> = manifest.paths.iter().map(|p| p.path.clone()).collect();
     let eval = manifest.paths.iter().filter(|p| p.eval_time).count();
     let key_strings: Vec<String> = keys.iter().map(ToString::to_string).collect();
-    let valid = substitute(root, &paths, url, &key_strings)?;
+    let valid = substitute(store, &paths, url, &key_strings)?;
     obs.note(&format!(
         "warm start from {name}: {valid} of {} paths valid ({eval} eval-time) in {:.2} s",
         paths.len(),

@@ -209,7 +209,7 @@ pub fn run(cfg: &JobConfig, dir: &Path, st: &State, opts: WatchOptions) -> Resul
         failed: 0,
         seconds: 0.0,
     };
-    let root = cfg.store_root.as_deref();
+    let root = &cfg.store;
     // A fresh runner's store gets its DB with the build's first path.
     let mut ended = stop_reason(dir, t, opts);
     while !Store::exists(root) && ended.is_none() {

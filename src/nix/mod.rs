@@ -14,12 +14,14 @@ pub mod nix32;
 pub mod path_info;
 pub mod signing;
 pub mod store_path;
+pub mod store_url;
 
 pub use hash::Sha256Hash;
 pub use narinfo::NarInfo;
 pub use path_info::PathInfo;
 pub use signing::{PublicKey, SecretKey, Signature};
 pub use store_path::StorePath;
+pub use store_url::StoreSpec;
 
 /// The logical store directory Nix uses unless configured otherwise.
 pub const DEFAULT_STORE_DIR: &str = "/nix/store";

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::nix::StorePath;
+use crate::nix::{StorePath, StoreSpec};
 use crate::store::{Snapshot, Store};
 
 pub const STATE_VERSION: u32 = 1;
@@ -16,7 +16,8 @@ const STATE_FILE: &str = "state.json";
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct State {
     pub version: u32,
-    /// The chroot store root `start` saw (`None`: the system store).
+    /// The root of the store `start` saw (`None`: `/`). Two specs with
+    /// one root (`DIR`, `local?root=DIR`, `unix://…?root=DIR`) are one DB.
     pub store_root: Option<PathBuf>,
     /// Set when the DB could be read: the diff is by id.
     pub snapshot: Option<Snapshot>,
@@ -42,10 +43,12 @@ pub fn default_state_dir() -> PathBuf {
     std::env::temp_dir().join(format!("nixdelta-{uid}"))
 }
 
-/// Takes the snapshot of the store at `store_root` (by id when the DB is
-/// readable). A store with no DB yet is empty: everything later is new.
-pub fn take(store_root: Option<&Path>) -> Result<State> {
-    if !Store::exists(store_root) {
+/// Takes the snapshot of the store (by id when the DB is readable). A
+/// store with no DB yet is empty: everything later is new.
+pub fn take(store: &StoreSpec) -> Result<State> {
+    let store = &store.absolute();
+    let store_root = store.root();
+    if !Store::exists(store) {
         let where_ = store_root.map_or("/".into(), |p| p.display().to_string());
         tracing::warn!(
             "no Nix database yet in {where_}: every path added from now on counts as new"
@@ -59,7 +62,7 @@ pub fn take(store_root: Option<&Path>) -> Result<State> {
             None,
         ));
     }
-    let store = Store::open(store_root)?;
+    let store = Store::open(store)?;
     let (snapshot, all_paths) = if store.reads_db() {
         (Some(store.snapshot()?), None)
     } else {

@@ -2,18 +2,18 @@
 //! opened (a daemon-only setup, permissions). Slower: one process per batch.
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use super::PathInfo;
 use crate::error::{Error, Result};
-use crate::nix::{Sha256Hash, StorePath};
+use crate::nix::{Sha256Hash, StorePath, StoreSpec};
 
 /// Paths per command line, well under the kernel's argument limit.
 const BATCH: usize = 500;
 
 pub struct Cli {
-    root: Option<PathBuf>,
+    store_arg: Option<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -31,9 +31,9 @@ struct JsonInfo {
 }
 
 impl Cli {
-    pub fn new(root: Option<&Path>) -> Result<Cli> {
+    pub fn new(spec: &StoreSpec) -> Result<Cli> {
         let cli = Cli {
-            root: root.map(Path::to_path_buf),
+            store_arg: spec.nix_arg(),
         };
         cli.run("nix-store", &["--version".to_string()])?;
         Ok(cli)
@@ -41,8 +41,8 @@ impl Cli {
 
     fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new(program);
-        if let Some(root) = &self.root {
-            cmd.arg("--store").arg(root);
+        if let Some(store) = &self.store_arg {
+            cmd.arg("--store").arg(store);
         }
         cmd.args(["--option", "experimental-features", "nix-command"]);
         cmd

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::nix::conf::NixConf;
+use crate::nix::StoreSpec;
 
 /// The job's user, as the daemon sees it.
 #[derive(Clone, Debug)]
@@ -69,10 +70,12 @@ pub fn socket() -> PathBuf {
 
 /// Whether the job's Nix goes through the daemon: `NIX_REMOTE=daemon`
 /// (or a `unix://` socket), or, unset, as Nix decides it: the store's
-/// database is not writable and the socket exists. A chroot store never.
-pub fn in_use(store_root: Option<&Path>) -> bool {
-    if store_root.is_some() {
-        return false;
+/// database is not writable and the socket exists. A `daemon` or
+/// `unix://` store always, a chroot or `local` store never.
+pub fn in_use(store: &StoreSpec) -> bool {
+    match store {
+        StoreSpec::System => {}
+        other => return other.via_daemon(),
     }
     match std::env::var("NIX_REMOTE").ok().filter(|v| !v.is_empty()) {
         Some(r) => r == "daemon" || r.starts_with("unix://"),
@@ -87,10 +90,14 @@ pub fn in_use(store_root: Option<&Path>) -> bool {
 
 /// What the daemon says of this user's trust, where Nix reports it
 /// (`nix store ping`, `Trusted:` since Nix 2.15); `None` for older Nix.
-pub fn reported_trust() -> Option<bool> {
+pub fn reported_trust(store: &StoreSpec) -> Option<bool> {
+    let url = match store {
+        StoreSpec::Daemon { .. } => store.to_string(),
+        _ => "daemon".to_string(),
+    };
     let out = Command::new("nix")
         .args(["--extra-experimental-features", "nix-command"])
-        .args(["store", "ping", "--store", "daemon", "--json"])
+        .args(["store", "ping", "--json", "--store", &url])
         .stdin(Stdio::null())
         .output()
         .ok()?;

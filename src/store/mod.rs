@@ -1,9 +1,11 @@
 //! The only code that touches the Nix store's metadata: the SQLite DB
 //! (read-only) or, where that can't be read, the `nix` CLI.
 //!
-//! A store is addressed like Nix's `--store DIR`: the DB lives under
-//! `DIR/nix/var/nix/db`, the files under `DIR/nix/store`, while store paths
-//! keep their logical directory (`/nix/store`).
+//! A store is addressed as Nix's `--store` ([`StoreSpec`]): the DB lives
+//! under `ROOT/nix/var/nix/db`, the files under `ROOT/nix/store`, while
+//! store paths keep their logical directory (`/nix/store`). Every `nix`
+//! command run here gets the spec's `--store`, so a daemon store is
+//! written only by its daemon.
 
 mod cli;
 pub mod daemon;
@@ -17,7 +19,7 @@ pub mod substitute;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::nix::{StorePath, DEFAULT_STORE_DIR};
+use crate::nix::{StorePath, StoreSpec, DEFAULT_STORE_DIR};
 
 pub use crate::nix::PathInfo;
 
@@ -35,17 +37,20 @@ enum Backend {
 }
 
 pub struct Store {
-    /// Chroot prefix (`--store DIR`); `None` for the system store.
+    spec: StoreSpec,
+    /// Where the store's `nix/` tree is; `None` for `/`.
     root: Option<PathBuf>,
     store_dir: String,
     backend: Backend,
 }
 
 impl Store {
-    /// Opens the store at `root` (or the system store). Reads the DB
-    /// directly; falls back to the `nix` CLI with a warning when the DB
-    /// exists but can't be opened, or when `NIXDELTA_STORE_BACKEND=cli`.
-    pub fn open(root: Option<&Path>) -> Result<Store> {
+    /// Opens the store `spec` names. Reads the DB under its root directly;
+    /// falls back to the `nix` CLI with a warning when the DB exists but
+    /// can't be opened, or when `NIXDELTA_STORE_BACKEND=cli`.
+    pub fn open(spec: &StoreSpec) -> Result<Store> {
+        let spec = spec.absolute();
+        let root = spec.root();
         let store_dir = DEFAULT_STORE_DIR.to_string();
         // The system store's DB is at /nix/var/nix/db whatever the working directory.
         let prefix = root.map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
@@ -63,7 +68,7 @@ impl Store {
         }
         let backend = if std::env::var("NIXDELTA_STORE_BACKEND").as_deref() == Ok("cli") {
             tracing::warn!("NIXDELTA_STORE_BACKEND=cli: reading the store through the nix CLI");
-            Backend::Cli(cli::Cli::new(root)?)
+            Backend::Cli(cli::Cli::new(&spec)?)
         } else {
             match db::Db::open(&db_path) {
                 Ok(db) => Backend::Db(db),
@@ -72,29 +77,36 @@ impl Store {
                         "cannot read {} ({e}); falling back to the nix CLI (slower)",
                         db_path.display()
                     );
-                    Backend::Cli(cli::Cli::new(root)?)
+                    Backend::Cli(cli::Cli::new(&spec)?)
                 }
             }
         };
         Ok(Store {
             root: root.map(Path::to_path_buf),
+            spec,
             store_dir,
             backend,
         })
     }
 
-    /// Whether a Nix DB exists for the store at `root` (a store nothing was
-    /// ever added to has none yet).
-    pub fn exists(root: Option<&Path>) -> bool {
-        root.unwrap_or(Path::new("/"))
+    /// Whether a Nix DB exists for the store (a store nothing was ever
+    /// added to has none yet).
+    pub fn exists(spec: &StoreSpec) -> bool {
+        spec.root()
+            .unwrap_or(Path::new("/"))
             .join("nix/var/nix/db/db.sqlite")
             .exists()
     }
 
-    /// Creates an empty chroot store at `root` through Nix (a fresh
-    /// runner's store volume) unless it has a DB already.
-    pub fn init(root: &Path) -> Result<()> {
-        if Store::exists(Some(root)) {
+    /// Creates an empty chroot store through Nix (a fresh runner's store
+    /// volume) unless it has a DB already. Only a local store under a root
+    /// is created: the system store and a daemon's are Nix's business.
+    pub fn init(spec: &StoreSpec) -> Result<()> {
+        let root = match spec {
+            StoreSpec::Dir(r) | StoreSpec::Local { root: Some(r) } => r,
+            _ => return Ok(()),
+        };
+        if Store::exists(spec) {
             return Ok(());
         }
         let out = std::process::Command::new("nix-store")
@@ -111,6 +123,11 @@ impl Store {
             )));
         }
         Ok(())
+    }
+
+    /// The store as given (roots made absolute).
+    pub fn spec(&self) -> &StoreSpec {
+        &self.spec
     }
 
     /// The logical store directory (`/nix/store`).
@@ -278,7 +295,7 @@ impl Store {
 
     /// The `.drv` of an installable, evaluated by Nix into this store.
     pub fn derivation_of(&self, installable: &str) -> Result<StorePath> {
-        cli::Cli::new(self.root.as_deref())?.derivation_of(installable, &self.store_dir)
+        cli::Cli::new(&self.spec)?.derivation_of(installable, &self.store_dir)
     }
 
     /// The derivations `what` evaluates to: a flake installable (`.#pkg`),
@@ -286,7 +303,7 @@ impl Store {
     /// yields), instantiated into this store.
     pub fn derivations_of(&self, what: &str) -> Result<Vec<StorePath>> {
         let is_file = !what.contains('#') && Path::new(what).exists();
-        let cli = cli::Cli::new(self.root.as_deref())?;
+        let cli = cli::Cli::new(&self.spec)?;
         if is_file {
             cli.instantiate(what, &self.store_dir)
         } else {
@@ -303,7 +320,7 @@ impl Store {
     pub fn env_roots(&self, what: &str, scratch: &Path) -> Result<Vec<StorePath>> {
         let is_file = !what.contains('#') && Path::new(what).exists();
         if !is_file {
-            let cli = cli::Cli::new(self.root.as_deref())?;
+            let cli = cli::Cli::new(&self.spec)?;
             return Ok(vec![cli.dev_env(
                 what,
                 &scratch.join("profile"),

@@ -1,9 +1,9 @@
 //! Has Nix substitute paths from a binary cache (warm start).
 
-use std::path::Path;
 use std::process::Command;
 
 use crate::error::{Error, Result};
+use crate::nix::StoreSpec;
 
 /// Paths per `nix-store --realise` call.
 const BATCH: usize = 1000;
@@ -12,7 +12,7 @@ const BATCH: usize = 1000;
 /// built) from `substituter`, trusting `trusted_keys`. Nix substitutes in
 /// parallel itself. Returns how many paths are valid afterwards.
 pub fn substitute(
-    root: Option<&Path>,
+    store: &StoreSpec,
     paths: &[String],
     substituter: &str,
     trusted_keys: &[String],
@@ -20,8 +20,8 @@ pub fn substitute(
     let mut valid = 0;
     for chunk in paths.chunks(BATCH) {
         let mut cmd = Command::new("nix-store");
-        if let Some(r) = root {
-            cmd.arg("--store").arg(r);
+        if let Some(s) = store.nix_arg() {
+            cmd.arg("--store").arg(s);
         }
         cmd.arg("--realise").args(chunk).args(["--max-jobs", "0"]);
         cmd.args(["--option", "substituters", substituter]);
@@ -33,7 +33,7 @@ pub fn substitute(
         })?;
         // Exit status is non-zero when any path could not be substituted;
         // the rest were: count what is valid now.
-        valid += chunk.len() - invalid(root, chunk)?;
+        valid += chunk.len() - invalid(store, chunk)?;
         if !out.status.success() {
             let err = String::from_utf8_lossy(&out.stderr);
             let line = err
@@ -48,10 +48,10 @@ pub fn substitute(
     Ok(valid)
 }
 
-fn invalid(root: Option<&Path>, paths: &[String]) -> Result<usize> {
+fn invalid(store: &StoreSpec, paths: &[String]) -> Result<usize> {
     let mut cmd = Command::new("nix-store");
-    if let Some(r) = root {
-        cmd.arg("--store").arg(r);
+    if let Some(s) = store.nix_arg() {
+        cmd.arg("--store").arg(s);
     }
     let out = cmd
         .args(["--check-validity", "--print-invalid"])

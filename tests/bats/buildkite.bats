@@ -314,3 +314,29 @@ EOP
   ok
   has "plugin.yml ok"
 }
+
+@test "the store option: a local?root= URL is the store start and finish read" {
+  unset NIXDELTA_STORE
+  export BUILDKITE_PLUGIN_NIXDELTA_STORE="local?root=$T/store3"
+  # The uploader's own test is above; here the upload is counted in post-command.
+  export BUILDKITE_PLUGIN_NIXDELTA_WATCH=false
+  export BUILDKITE_PLUGIN_NIXDELTA_BINARY_CACHE="file://$T/cache"
+  export BUILDKITE_PLUGIN_NIXDELTA_ARCHIVE=none
+  export BUILDKITE_PLUGIN_NIXDELTA_SECRET_KEY_ENV=BK_NIX_KEY
+  BK_NIX_KEY=$(cat "$T/keys/bk-1.sec")
+  export BK_NIX_KEY
+  run "$PLUGIN/hooks/pre-command"
+  ok
+  has "nixdelta: snapshot at id 0"
+  NIXDELTA_STORE=$T/store3 build -A fib6
+  run "$PLUGIN/hooks/post-command"
+  ok
+  has "| uploaded | 8 |"
+  [[ $(ls "$T/cache"/*.narinfo | wc -l) -eq 8 ]]
+  [[ -e "$T/store3/nix/var/nix/db/db.sqlite" ]]
+
+  export BUILDKITE_PLUGIN_NIXDELTA_STORE="ssh://host"
+  run "$PLUGIN/hooks/pre-command"
+  [[ "$status" -eq 2 ]]
+  has "bad store"
+}

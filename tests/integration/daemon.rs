@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use crate::helpers::util::*;
 
 /// The untrusted user the job runs as (created once, kept).
-const USER: &str = "nixdelta-job";
+pub(crate) const USER: &str = "nixdelta-job";
 
 /// A `nix-daemon` started (and restarted, by nixdelta) through scripts,
 /// as an init system would; stopped on drop.
@@ -120,7 +120,7 @@ impl Drop for Sudoers {
 }
 
 /// The uid and gid of `USER`, created when missing.
-fn job_user() -> (u32, u32) {
+pub(crate) fn job_user() -> (u32, u32) {
     let id = |flag: &str| {
         let out = Command::new("id").args([flag, USER]).output().unwrap();
         out.status

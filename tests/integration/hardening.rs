@@ -690,7 +690,9 @@ fn help_lists_every_url_form_and_an_example() {
         }
     }
     let out = ok(nixdelta().args(["--store", "/tmp/x", "archive", "restore", "--help"]));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("--store <DIR>"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("--store <STORE>"), "{text}");
+    assert!(text.contains("unix://SOCKET?root=DIR"), "{text}");
     let out = ok(nixdelta().args(["finish", "--help"]));
     let text = String::from_utf8_lossy(&out.stdout);
     for what in ["store diff", "build-time and eval-time", "Left out"] {

@@ -20,6 +20,7 @@ mod hardening;
 mod keep_failed;
 mod key_eval;
 mod matrix;
+mod passthrough;
 mod progress;
 mod push;
 mod read_side;

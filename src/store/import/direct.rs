@@ -88,7 +88,7 @@ pub(super) fn direct<R: Read>(
             let done_tx = done_tx.clone();
             let real = &l.real_store_dir;
             let store_dir = &store_dir;
-            let root = l.root.as_deref();
+            let spec = &l.spec;
             s.spawn(move || {
                 // Each thread reads the DB through its own connection (a
                 // connection is not shared between threads), opened on
@@ -96,7 +96,7 @@ pub(super) fn direct<R: Read>(
                 let mut own: Option<Store> = None;
                 let mut is_valid = |p: &StorePath| -> std::result::Result<bool, String> {
                     if own.is_none() {
-                        own = Some(Store::open(root).map_err(|e| e.to_string())?);
+                        own = Some(Store::open(spec).map_err(|e| e.to_string())?);
                     }
                     let s = own.as_ref().unwrap();
                     s.path_info(p)

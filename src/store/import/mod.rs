@@ -41,7 +41,7 @@ use super::Store;
 use crate::error::{Error, Result};
 use crate::nix::archive::{self as format, input_err, read_err, ParsedEntry};
 use crate::nix::nar_unpack::{self, UnpackOptions};
-use crate::nix::{Sha256Hash, StorePath};
+use crate::nix::{Sha256Hash, StorePath, StoreSpec};
 
 /// How paths are registered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize)]
@@ -116,39 +116,25 @@ const CHUNK: usize = 1 << 20;
 /// Paths registered per `nix-store --load-db` (each holds a lock file open).
 const BATCH: usize = 256;
 
-/// Where the store's files and `nix-store --store` argument are.
+/// Where the store's files are, and the store as Nix commands get it.
 struct Layout {
     real_store_dir: PathBuf,
-    /// `--store` argument for nix commands; `None` for the system store.
-    root: Option<PathBuf>,
+    spec: StoreSpec,
 }
 
 fn layout(store: &Store) -> Layout {
-    // The store keeps its chroot root private; derive it from a real path.
     let probe = StorePath::from_base_name("00000000000000000000000000000000-probe").unwrap();
     let real = store.real_path(&probe);
-    let real_store_dir = real.parent().unwrap().to_path_buf();
-    let logical = Path::new(store.store_dir());
-    let root = if real_store_dir == logical {
-        None
-    } else {
-        let depth = logical.components().count() - 1;
-        let mut r = real_store_dir.clone();
-        for _ in 0..depth {
-            r.pop();
-        }
-        Some(r)
-    };
     Layout {
-        real_store_dir,
-        root,
+        real_store_dir: real.parent().unwrap().to_path_buf(),
+        spec: store.spec().clone(),
     }
 }
 
 fn nix_command(layout: &Layout, program: &str) -> Command {
     let mut cmd = Command::new(program);
-    if let Some(root) = &layout.root {
-        cmd.arg("--store").arg(root);
+    if let Some(store) = layout.spec.nix_arg() {
+        cmd.arg("--store").arg(store);
     }
     cmd
 }
@@ -160,10 +146,25 @@ fn writable(p: &Path) -> bool {
     unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
 }
 
+/// Refuses `--method direct` on a daemon store: the daemon owns its DB,
+/// which nixdelta must not write behind its back.
+pub fn check_method(store: &StoreSpec, method: ImportMethod) -> Result<()> {
+    if method == ImportMethod::Direct && store.via_daemon() {
+        return Err(Error::Usage(format!(
+            "--method direct cannot write the DB of the daemon store {store}: \
+             use --method import (or auto)"
+        )));
+    }
+    Ok(())
+}
+
 /// The method `Auto` resolves to for `store`.
 pub fn resolve_method(store: &Store, method: ImportMethod) -> ImportMethod {
     if method != ImportMethod::Auto {
         return method;
+    }
+    if store.spec().via_daemon() {
+        return ImportMethod::Import;
     }
     let l = layout(store);
     let db_dir = l.real_store_dir.join("../var/nix/db");
@@ -223,6 +224,7 @@ pub fn import<R: Read>(
                 .map_err(|m| input_err(what, format!("bad manifest entry {}: {m}", e.path)))
         })
         .collect::<Result<_>>()?;
+    check_method(store.spec(), opts.method)?;
     let actions = plan(store, &entries, what)?;
     let method = resolve_method(store, opts.method);
     let mut stats = ImportStats {
