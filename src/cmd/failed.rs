@@ -3,18 +3,22 @@
 
 use std::path::PathBuf;
 
-use nixdelta::error::{exit, Result};
+use nixdelta::error::{exit, Error, Result};
 
 #[derive(clap::Subcommand)]
 pub enum FailedTreeCommand {
-    /// Fetch and unpack the build trees saved under KEY.
+    /// Fetch and unpack the build trees saved under KEY (or a
+    /// downloaded `.tar.zst` given with --file).
     Fetch {
         /// The archive backend (`dir:PATH`, `github`, `s3://…`).
         #[arg(long, value_name = "BACKEND", env = "NIXDELTA_ARCHIVE")]
-        archive: String,
+        archive: Option<String>,
         /// The `failed-…` key the run printed.
-        #[arg(long)]
-        key: String,
+        #[arg(long, required_unless_present = "file", conflicts_with = "file")]
+        key: Option<String>,
+        /// A packed tree already on this machine (e.g. a downloaded CI artifact).
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
         /// Where to unpack them.
         #[arg(long, value_name = "DIR", default_value = "failed-tree")]
         out: PathBuf,
@@ -23,9 +27,27 @@ pub enum FailedTreeCommand {
 
 pub fn run(cmd: &FailedTreeCommand) -> Result<i32> {
     match cmd {
-        FailedTreeCommand::Fetch { archive, key, out } => {
-            nixdelta::job::failed::fetch(archive, key, out)?;
-            eprintln!("nixdelta: build trees of {key} in {}", out.display());
+        FailedTreeCommand::Fetch {
+            archive,
+            key,
+            file,
+            out,
+        } => {
+            let from = match (file, key) {
+                (Some(file), _) => {
+                    nixdelta::job::failed::fetch_file(file, out)?;
+                    file.display().to_string()
+                }
+                (None, Some(key)) => {
+                    let archive = archive.as_deref().ok_or_else(|| {
+                        Error::Usage("failed-tree fetch --key needs --archive".into())
+                    })?;
+                    nixdelta::job::failed::fetch(archive, key, out)?;
+                    key.clone()
+                }
+                (None, None) => return Err(Error::Usage("give --key or --file".into())),
+            };
+            eprintln!("nixdelta: build trees of {from} in {}", out.display());
             Ok(exit::OK)
         }
     }

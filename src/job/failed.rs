@@ -90,3 +90,11 @@ pub fn fetch(backend: &str, key: &str, dest: &Path) -> Result<()> {
         .ok_or_else(|| Error::Usage(format!("no build trees under {key} in {backend}")))?;
     failed::unpack(b.open(&found)?, dest)
 }
+
+/// `nixdelta failed-tree fetch --file`: a packed tree already here (a
+/// downloaded CI artifact) unpacked into `dest`.
+pub fn fetch_file(file: &Path, dest: &Path) -> Result<()> {
+    let f = std::fs::File::open(file)
+        .map_err(|e| Error::Usage(format!("cannot read {}: {e}", file.display())))?;
+    failed::unpack(f, dest)
+}

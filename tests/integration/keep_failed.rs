@@ -93,6 +93,27 @@ fn a_failed_build_s_tree_is_kept_and_fetched_back() {
         std::path::Path::new("/etc/hostname")
     );
 
+    // The packed file itself (as a CI artifact is downloaded) unpacks with --file.
+    let packed = walk(&env.path("archives"))
+        .into_iter()
+        .find(|p| p.to_string_lossy().contains("failed-run"))
+        .expect("the packed trees in the archive dir");
+    let from_file = env.path("from-file");
+    ok(nixdelta()
+        .args(["failed-tree", "fetch", "--file"])
+        .arg(&packed)
+        .arg("--out")
+        .arg(&from_file));
+    let tree2 = std::fs::read_dir(&from_file)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir())
+        .expect("a tree from the file");
+    assert_eq!(
+        std::fs::read_to_string(tree2.join("build.log")).unwrap(),
+        "compiled\n"
+    );
+
     // Without --keep-failed nothing is kept or saved.
     let plain = env
         .nixdelta(&["run", "--archive", &backend])
@@ -111,4 +132,18 @@ fn a_failed_build_s_tree_is_kept_and_fetched_back() {
         "{}",
         show(&plain)
     );
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }
