@@ -66,7 +66,8 @@ impl Frontend for GitHub {
 
     fn inputs(&self, env: &dyn Fn(&str) -> Option<String>, step: Step) -> Result<Inputs> {
         let src = InputEnv(env);
-        let mut i = Inputs::read(&src)?;
+        // The Actions cache unless the inputs or nixdelta.yml say otherwise.
+        let mut i = Inputs::read_with(&src, &[("archive", "github")])?;
         i.secret_key = env(&input_var("secret-key")).map(nixdelta::secret::Secret::new);
         i.cache_token = env(&input_var("cache-token")).map(nixdelta::secret::Secret::new);
         i.fork_pr = fork_pr(env);
