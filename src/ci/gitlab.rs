@@ -179,4 +179,26 @@ mod tests {
         ]);
         assert!(fork_mr(&fork.lookup()));
     }
+
+    #[test]
+    fn inputs_at_the_template_default_count_as_unset() {
+        let d = template_defaults();
+        assert_eq!(d["archive"], "dir:.nixdelta-archive");
+        assert_eq!(d["strict"], "false");
+        assert_eq!(d["watch"], "true");
+        assert!(!d.contains_key("binary-cache"));
+        let m = Map::of(&[
+            ("NIXDELTA_INPUT_ARCHIVE", "dir:.nixdelta-archive"),
+            ("NIXDELTA_INPUT_STRICT", "true"),
+            ("NIXDELTA_INPUT_WATCH", "true"),
+        ]);
+        let src = InputEnv(&m.lookup());
+        assert_eq!(src.get("archive"), None);
+        assert_eq!(src.get("watch"), None);
+        assert_eq!(src.get("strict").as_deref(), Some("true"));
+        // Below the file, the defaults still apply.
+        let i = GitLab.inputs(&m.lookup(), Step::Start).unwrap();
+        assert_eq!(i.archive.as_deref(), Some("dir:.nixdelta-archive"));
+        assert!(i.watch && i.strict);
+    }
 }

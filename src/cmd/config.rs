@@ -385,8 +385,17 @@ mod tests {
             .collect();
         assert_eq!(
             args,
-            ["--exclude=a", "--exclude=b", "--strict", "--archive=dir:/x"]
+            ["--archive=dir:/x", "--exclude=a", "--exclude=b", "--strict"]
         );
+        // The environment outranks the file (clap reads it as the
+        // command is built).
+        std::env::set_var("NIXDELTA_TEST_CONFIG_ARCHIVE", "dir:/env");
+        let cmd = demo();
+        let m = cmd.clone().get_matches_from(["run"]);
+        let args = file_args(&file, &cmd, &m, false);
+        std::env::remove_var("NIXDELTA_TEST_CONFIG_ARCHIVE");
+        assert!(!args.iter().any(|(_, k)| *k == "archive"), "{args:?}");
+        assert!(args.iter().any(|(_, k)| *k == "binary-cache"), "{args:?}");
         // Under a CI, its inputs are the inputs' business.
         let ci = file_args(&file, &cmd, &m, true);
         assert!(ci.is_empty(), "{ci:?}");
