@@ -267,7 +267,11 @@ store archive saved on a key miss or a partial hit.",
         #[arg(default_value = "run", value_parser = ["start", "finish", "run"])]
         step: String,
         /// Options as STEP takes them.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "ARGS")]
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
         args: Vec<std::ffi::OsString>,
     },
     /// Write the NAR of a store path to stdout (as `nix-store --dump`).
@@ -365,7 +369,10 @@ fn with_options(cli: Cli) -> Result<std::result::Result<Cli, i32>> {
     let mut all = with_ci.clone();
     let mut file_keys = Vec::new();
     if let Some(f) = &file {
-        let m = root.clone().try_get_matches_from(&with_ci).unwrap_or_else(|e| e.exit());
+        let m = root
+            .clone()
+            .try_get_matches_from(&with_ci)
+            .unwrap_or_else(|e| e.exit());
         let m = m.subcommand_matches(name).expect("the subcommand");
         let extra = cmd::config::file_args(f, sub, m, ci_on);
         file_keys = extra.iter().map(|(_, k)| *k).collect();
@@ -374,17 +381,19 @@ fn with_options(cli: Cli) -> Result<std::result::Result<Cli, i32>> {
     let m = root.clone().try_get_matches_from(&all).unwrap_or_else(|e| {
         let _ = e.print();
         if let (Some(f), false) = (&file, file_keys.is_empty()) {
-            eprintln!(
-                "nixdelta: error: options from {}: {}",
-                f.path.display(),
-                file_keys.join(", ")
-            );
+            let which = cmd::config::blame(f, &file_keys, &e.to_string());
+            eprintln!("nixdelta: error: the value is from {which}");
         }
         std::process::exit(e.exit_code())
     });
     if let Some((format, step)) = show {
         let origins = cmd::config::Origins {
-            ci: ci_on.then(|| (ci::frontend().name().into(), cmd::config::added(&argv, &with_ci))),
+            ci: ci_on.then(|| {
+                (
+                    ci::frontend().name().into(),
+                    cmd::config::added(&argv, &with_ci),
+                )
+            }),
             user: argv,
             file_keys,
             file,

@@ -2,8 +2,8 @@
 //! handing them over, and turned into command line options of
 //! `start`/`finish`/`run` (one parser, one validation).
 
-use std::ffi::OsString;
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 

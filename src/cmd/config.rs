@@ -61,7 +61,11 @@ pub const KEYS: &[Key] = &[
     k("public-key", "public-key", true),
     k("substituter", "read-url", true),
     k("extra-pull-substituters", "extra-substituter", true),
-    k("extra-trusted-public-keys", "extra-trusted-public-key", true),
+    k(
+        "extra-trusted-public-keys",
+        "extra-trusted-public-key",
+        true,
+    ),
     k("skip-adding-substituter", "no-configure", true),
     k("configure-daemon", "daemon", true),
     k("scope", "scope", true),
@@ -133,7 +137,10 @@ pub fn file_args(
             continue;
         };
         let src = matches.value_source(a.get_id().as_str());
-        if matches!(src, Some(ValueSource::CommandLine | ValueSource::EnvVariable)) {
+        if matches!(
+            src,
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        ) {
             continue;
         }
         let flag = k.flag;
@@ -291,7 +298,10 @@ pub fn print(
 /// The command line `nixdelta config STEP ARGS` resolves: what came
 /// before `config`, then STEP and ARGS (`run` gets a command).
 pub fn step_argv(user: &[OsString], step: &str, args: &[OsString]) -> Vec<OsString> {
-    let at = user.iter().position(|a| a == "config").unwrap_or(user.len());
+    let at = user
+        .iter()
+        .position(|a| a == "config")
+        .unwrap_or(user.len());
     let mut v: Vec<OsString> = user[..at].to_vec();
     v.push(step.into());
     v.extend(args.iter().cloned());
@@ -299,6 +309,28 @@ pub fn step_argv(user: &[OsString], step: &str, args: &[OsString]) -> Vec<OsStri
         v.extend(["--".into(), "true".into()]);
     }
     v
+}
+
+/// Which of the file's `keys` a clap error is about (`nixdelta.yml:3:
+/// scope`), all of them when it names none.
+pub fn blame(file: &Loaded, keys: &[&'static str], err: &str) -> String {
+    let named = |k: &&&str| {
+        KEYS.iter()
+            .find(|x| x.key == **k)
+            .is_some_and(|x| err.contains(&format!("--{} ", x.flag)))
+    };
+    let mut hit: Vec<&&str> = keys.iter().filter(named).collect();
+    if hit.is_empty() {
+        hit = keys.iter().collect();
+    }
+    hit.dedup();
+    hit.iter()
+        .map(|k| match file.get(k) {
+            Some(e) => format!("{}: {k}", file.origin(e)),
+            None => k.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The secrets' variables set before the CI inputs are read.
@@ -313,7 +345,10 @@ pub fn env_secrets() -> Vec<&'static str> {
 /// The options `after` has that `before` lacks (those a CI added, before
 /// the `--`).
 pub fn added(before: &[OsString], after: &[OsString]) -> Vec<OsString> {
-    let split = before.iter().position(|a| a == "--").unwrap_or(before.len());
+    let split = before
+        .iter()
+        .position(|a| a == "--")
+        .unwrap_or(before.len());
     let n = after.len().saturating_sub(before.len());
     after[split..split + n].to_vec()
 }
@@ -378,7 +413,9 @@ mod tests {
         )
         .unwrap();
         let cmd = demo();
-        let m = cmd.clone().get_matches_from(["run", "--to", "file:///mine"]);
+        let m = cmd
+            .clone()
+            .get_matches_from(["run", "--to", "file:///mine"]);
         let args: Vec<_> = file_args(&file, &cmd, &m, false)
             .into_iter()
             .map(|(a, _)| a.into_string().unwrap())

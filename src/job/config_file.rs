@@ -232,7 +232,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Loaded> {
     } else {
         serde_norway::from_str(text).map_err(|e| {
             let (line, col) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
-            Error::Usage(format!("{}: {}", where_(line, col), explain(&e.to_string())))
+            Error::Usage(format!(
+                "{}: {}",
+                where_(line, col),
+                explain(&e.to_string())
+            ))
         })?
     };
     for (key, instead) in SECRETS {
@@ -289,13 +293,14 @@ fn entries(file: &ConfigFile, text: &str) -> Vec<Entry> {
 
 /// The line of top-level `key:` (the file is one flat mapping).
 fn key_line(text: &str, key: &str) -> Option<usize> {
-    text.lines().position(|l| {
-        let l = l.trim_end();
-        let name = l.split(':').next().unwrap_or("");
-        let name = name.trim_matches(|c| c == '"' || c == '\'');
-        l.contains(':') && name == key && !l.starts_with([' ', '\t', '#'])
-    })
-    .map(|i| i + 1)
+    text.lines()
+        .position(|l| {
+            let l = l.trim_end();
+            let name = l.split(':').next().unwrap_or("");
+            let name = name.trim_matches(|c| c == '"' || c == '\'');
+            l.contains(':') && name == key && !l.starts_with([' ', '\t', '#'])
+        })
+        .map(|i| i + 1)
 }
 
 /// serde's message, without its own location (we print ours first), and
@@ -391,7 +396,10 @@ mod tests {
         )
         .unwrap();
         let e = f.get("binary-cache").unwrap();
-        assert_eq!((e.value.clone(), e.line), (Value::Str("file:///c".into()), 2));
+        assert_eq!(
+            (e.value.clone(), e.line),
+            (Value::Str("file:///c".into()), 2)
+        );
         assert_eq!(
             f.get("exclude").unwrap().value,
             Value::List(vec!["-doc$".into(), "-man$".into()])
@@ -433,7 +441,10 @@ mod tests {
         let e = parse_str("archive: none\nsecret-key: k:abc\n")
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("nixdelta.yml:2:1: secret-key is a secret"), "{e}");
+        assert!(
+            e.starts_with("nixdelta.yml:2:1: secret-key is a secret"),
+            "{e}"
+        );
         assert!(e.contains("secret-key-file"), "{e}");
         assert!(!e.contains("k:abc"), "{e}");
         let e = parse_str("cache-token: t\n").unwrap_err().to_string();
