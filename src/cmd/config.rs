@@ -235,7 +235,7 @@ fn rows(sub: &clap::Command, m: &clap::ArgMatches, o: &Origins) -> Vec<Row> {
         });
     }
     for (key, var) in SECRETS {
-        if std::env::var_os(var).is_none_or(|v| v.is_empty()) {
+        if !std::env::var_os(var).is_some_and(|v| !v.is_empty()) {
             continue;
         }
         let source = if o.env_secrets.contains(var) {
