@@ -215,6 +215,25 @@ mod tests {
             .is_none());
     }
 
+    /// action.yml's inputs default to empty; the binary's defaults apply
+    /// (under nixdelta.yml): the Actions cache, watch on.
+    #[test]
+    fn defaults_live_in_the_binary() {
+        let i = GitHub.inputs(&Map::of(&[]).lookup(), Step::Start).unwrap();
+        assert_eq!(i.archive.as_deref(), Some("github"));
+        assert!(i.watch && !i.strict);
+        let none = Map::of(&[("INPUT_ARCHIVE", "none")]);
+        let i = GitHub.inputs(&none.lookup(), Step::Start).unwrap();
+        assert_eq!(i.archive, None);
+        let text = include_str!("../../action.yml");
+        for d in ["default: github", "default: 'false'", "default: 'true'"] {
+            assert!(
+                !text.contains(d),
+                "action.yml has {d}: it would hide nixdelta.yml"
+            );
+        }
+    }
+
     #[test]
     fn fork_pull_requests() {
         let dir = tempfile::tempdir().unwrap();

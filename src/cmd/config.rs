@@ -192,7 +192,11 @@ fn origin(o: &Origins, k: &Key, a: &clap::Arg, src: Option<ValueSource>) -> Opti
     let in_file = || at_file(o.file.as_ref().and_then(|f| f.get(k.key)));
     Some(match src? {
         ValueSource::EnvVariable => format!("env {}", a.get_env()?.to_string_lossy()),
-        ValueSource::DefaultValue => "default".into(),
+        // `key: false` in the file adds no option: the default it is.
+        ValueSource::DefaultValue => match o.file.as_ref().and_then(|f| f.get(k.key)) {
+            Some(e) if e.value == Value::Bool(false) => in_file()?,
+            _ => "default".into(),
+        },
         _ if has_flag(&o.user, k.flag) => "command line".into(),
         _ if o.file_keys.contains(&k.key) => in_file()?,
         _ => match &o.ci {

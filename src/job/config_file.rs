@@ -465,4 +465,18 @@ mod tests {
         assert!(!k.contains(&"secret-key".to_string()));
         assert_eq!(k.len(), 42, "{k:?}");
     }
+
+    /// The README's example is a valid file that sets every key.
+    #[test]
+    fn the_readme_example_sets_every_key() {
+        let readme = include_str!("../../README.md");
+        let at = readme.find("## Config file").expect("the README section");
+        let block = readme[at..].split("```yaml\n").nth(1).unwrap();
+        let block = block.split("```").next().unwrap();
+        let f = parse_str(block).unwrap();
+        let mut set: Vec<String> = f.entries.iter().map(|e| e.key.clone()).collect();
+        set.sort();
+        assert_eq!(set, keys());
+        assert!(f.entries.iter().all(|e| e.line > 0));
+    }
 }
