@@ -7,7 +7,7 @@ mod cmd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use nixdelta::error::{exit, Error, Result};
 use nixdelta::nix::nar;
@@ -29,6 +29,8 @@ struct Cli {
     verbose: u8,
     #[command(flatten)]
     ci: CiOpt,
+    #[command(flatten)]
+    config: cmd::config::ConfigOpt,
     #[command(subcommand)]
     command: Command,
 }
@@ -55,6 +57,7 @@ impl Cli {
             Command::Keygen { .. }
             | Command::Configure { .. }
             | Command::Nar { .. }
+            | Command::Config { .. }
             | Command::FailedTree { .. } => JobOpt::default(),
         };
         JobOpt {
@@ -251,6 +254,26 @@ store archive saved on a key miss or a partial hit.",
         #[command(subcommand)]
         cmd: cmd::failed::FailedTreeCommand,
     },
+    /// Print the options STEP would run with (nixdelta.yml, CI inputs,
+    /// environment, ARGS) and where each came from; secrets as `***`.
+    #[command(
+        after_help = "Precedence: command line > environment / CI inputs > nixdelta.yml > defaults.\n\nExamples:\n  nixdelta config\n  nixdelta config --format json start --ci github"
+    )]
+    Config {
+        /// `text` or `json`.
+        #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+        format: String,
+        /// The step whose options are shown.
+        #[arg(default_value = "run", value_parser = ["start", "finish", "run"])]
+        step: String,
+        /// Options as STEP takes them.
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Write the NAR of a store path to stdout (as `nix-store --dump`).
     #[command(hide = true)]
     Nar { path: PathBuf },
@@ -280,8 +303,9 @@ fn drop_empty_env() {
 
 fn main() -> ExitCode {
     drop_empty_env();
-    let cli = match with_ci_inputs(Cli::parse()) {
-        Ok(cli) => cli,
+    let cli = match with_options(Cli::parse()) {
+        Ok(Ok(cli)) => cli,
+        Ok(Err(code)) => return ExitCode::from(code as u8),
         Err(e) => {
             eprintln!("nixdelta: error: {e}");
             return ExitCode::from(e.exit_code() as u8);
@@ -303,27 +327,86 @@ fn main() -> ExitCode {
     }
 }
 
-/// With `--ci`, the CI's inputs become options of start/finish/run: the
-/// command line is parsed again with them added (see `ci::init`).
-fn with_ci_inputs(cli: Cli) -> Result<Cli> {
+/// The options of start/finish/run from, in this precedence, the command
+/// line, the environment and the CI's inputs (with `--ci`), nixdelta.yml
+/// (see `cmd::config`); the command line is parsed again with them
+/// added. `nixdelta config` prints them instead (`Err(exit code)`).
+fn with_options(cli: Cli) -> Result<std::result::Result<Cli, i32>> {
+    let user: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let (cli, argv, show) = match &cli.command {
+        Command::Config { format, step, args } => {
+            let argv = cmd::config::step_argv(&user, step, args);
+            let show = Some((format.clone(), step.clone()));
+            let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| e.exit());
+            (cli, argv, show)
+        }
+        _ => (cli, user, None),
+    };
     let step = match cli.command {
-        Command::Start { .. } => Some(ci::Step::Start),
-        Command::Finish { .. } => Some(ci::Step::Finish),
-        Command::Run { .. } => Some(ci::Step::Run),
+        Command::Start { .. } => Some((ci::Step::Start, "start")),
+        Command::Finish { .. } => Some((ci::Step::Finish, "finish")),
+        Command::Run { .. } => Some((ci::Step::Run, "run")),
         _ => None,
     };
-    let Some(kind) = cli.ci() else {
-        return Ok(cli);
+    let Some((step, name)) = step else {
+        if let Some(kind) = cli.ci() {
+            ci::init(kind, None, argv)?;
+        }
+        return Ok(Ok(cli));
     };
-    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let n = argv.len();
-    let argv = ci::init(kind, step, argv)?;
-    if argv.len() == n {
-        return Ok(cli);
+    let root = Cli::command();
+    let sub = root.find_subcommand(name).expect("a subcommand");
+    let file = cmd::config::load(cli.config.config.as_deref(), cli.config.no_config)?;
+    let env_secrets = cmd::config::env_secrets();
+    if let (Some(f), Some(_)) = (&file, cli.ci()) {
+        ci::inputs::set_file_layer(cmd::config::ci_layer(f, sub));
     }
-    // start --watch hands the uploader the options the inputs added.
-    cmd::set_argv(argv.clone());
-    Ok(Cli::try_parse_from(argv).unwrap_or_else(|e| e.exit()))
+    let with_ci = match cli.ci() {
+        Some(kind) => ci::init(kind, Some(step), argv.clone())?,
+        None => argv.clone(),
+    };
+    let ci_on = ci::frontend().kind() != ci::Kind::None;
+    let mut all = with_ci.clone();
+    let mut file_keys = Vec::new();
+    if let Some(f) = &file {
+        let m = root
+            .clone()
+            .try_get_matches_from(&with_ci)
+            .unwrap_or_else(|e| e.exit());
+        let m = m.subcommand_matches(name).expect("the subcommand");
+        let extra = cmd::config::file_args(f, sub, m, ci_on);
+        file_keys = extra.iter().map(|(_, k)| *k).collect();
+        all = cmd::config::insert(all, extra.into_iter().map(|(a, _)| a).collect());
+    }
+    let m = root.clone().try_get_matches_from(&all).unwrap_or_else(|e| {
+        let _ = e.print();
+        if let (Some(f), false) = (&file, file_keys.is_empty()) {
+            let which = cmd::config::blame(f, &file_keys, &e.to_string());
+            eprintln!("nixdelta: error: the value is from {which}");
+        }
+        std::process::exit(e.exit_code())
+    });
+    if let Some((format, step)) = show {
+        let origins = cmd::config::Origins {
+            ci: ci_on.then(|| {
+                (
+                    ci::frontend().name().into(),
+                    cmd::config::added(&argv, &with_ci),
+                )
+            }),
+            user: argv,
+            file_keys,
+            file,
+            env_secrets,
+        };
+        let sm = m.subcommand_matches(name).expect("the subcommand");
+        return Ok(Err(cmd::config::print(&format, &step, sub, sm, &origins)?));
+    }
+    // start --watch hands the uploader the options added.
+    if all != argv {
+        cmd::set_argv(all);
+    }
+    Ok(Ok(Cli::from_arg_matches(&m).unwrap_or_else(|e| e.exit())))
 }
 
 fn init_logging(verbose: u8) {
@@ -399,6 +482,8 @@ fn run(cli: Cli) -> Result<i32> {
         } => cmd::track::run(store_root, &args, &archive, &configure, &keep, &command),
         Command::Archive { cmd, .. } => cmd::archive::run(store_root, cmd),
         Command::Verify { args, .. } => cmd::verify::verify_cmd(&args),
+        // Printed by `with_options`.
+        Command::Config { .. } => Ok(exit::OK),
         Command::Nar { path } => {
             let stdout = std::io::stdout();
             let mut lock = stdout.lock();

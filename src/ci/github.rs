@@ -66,7 +66,8 @@ impl Frontend for GitHub {
 
     fn inputs(&self, env: &dyn Fn(&str) -> Option<String>, step: Step) -> Result<Inputs> {
         let src = InputEnv(env);
-        let mut i = Inputs::read(&src)?;
+        // The Actions cache unless the inputs or nixdelta.yml say otherwise.
+        let mut i = Inputs::read_with(&src, &[("archive", "github")])?;
         i.secret_key = env(&input_var("secret-key")).map(nixdelta::secret::Secret::new);
         i.cache_token = env(&input_var("cache-token")).map(nixdelta::secret::Secret::new);
         i.fork_pr = fork_pr(env);
@@ -212,6 +213,25 @@ mod tests {
             .unwrap()
             .archive
             .is_none());
+    }
+
+    /// action.yml's inputs default to empty; the binary's defaults apply
+    /// (under nixdelta.yml): the Actions cache, watch on.
+    #[test]
+    fn defaults_live_in_the_binary() {
+        let i = GitHub.inputs(&Map::of(&[]).lookup(), Step::Start).unwrap();
+        assert_eq!(i.archive.as_deref(), Some("github"));
+        assert!(i.watch && !i.strict);
+        let none = Map::of(&[("INPUT_ARCHIVE", "none")]);
+        let i = GitHub.inputs(&none.lookup(), Step::Start).unwrap();
+        assert_eq!(i.archive, None);
+        let text = include_str!("../../action.yml");
+        for d in ["default: github", "default: 'false'", "default: 'true'"] {
+            assert!(
+                !text.contains(d),
+                "action.yml has {d}: it would hide nixdelta.yml"
+            );
+        }
     }
 
     #[test]

@@ -5,8 +5,9 @@
 //! CI/CD variable `NIXDELTA_SECRET_KEY` (GitLab masks it) or a File
 //! variable given as `secret-key-file`.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use nixdelta::error::Result;
 
@@ -22,9 +23,44 @@ pub fn input_var(name: &str) -> String {
 }
 
 impl Source for InputEnv<'_> {
+    /// An input at the template's default counts as unset: GitLab sets
+    /// every input, so a default would hide nixdelta.yml (the default is
+    /// applied under the file instead, see [`GitLab::inputs`]).
     fn get(&self, name: &str) -> Option<String> {
-        (self.0)(&input_var(name)).map(|v| v.trim().to_string())
+        (self.0)(&input_var(name))
+            .map(|v| v.trim().to_string())
+            .filter(|v| template_defaults().get(name) != Some(v))
     }
+}
+
+/// The template's `spec: inputs: NAME: default:` values, non-empty ones,
+/// read from the template itself so that the two never disagree.
+fn template_defaults() -> &'static HashMap<String, String> {
+    static DEFAULTS: OnceLock<HashMap<String, String>> = OnceLock::new();
+    DEFAULTS.get_or_init(|| {
+        let text = include_str!("../../templates/nixdelta.gitlab-ci.yml");
+        let Some(doc) = serde_norway::Deserializer::from_str(text).next() else {
+            return HashMap::new();
+        };
+        let Ok(spec) = <serde_norway::Value as serde::Deserialize>::deserialize(doc) else {
+            return HashMap::new();
+        };
+        let Some(inputs) = spec["spec"]["inputs"].as_mapping() else {
+            return HashMap::new();
+        };
+        inputs
+            .iter()
+            .filter_map(|(k, v)| {
+                let d = match &v["default"] {
+                    serde_norway::Value::String(s) => s.clone(),
+                    serde_norway::Value::Bool(b) => b.to_string(),
+                    serde_norway::Value::Number(n) => n.to_string(),
+                    _ => return None,
+                };
+                Some((k.as_str()?.to_string(), d)).filter(|(_, d)| !d.is_empty())
+            })
+            .collect()
+    })
 }
 
 /// A merge request pipeline whose source project is not the target.
@@ -56,7 +92,12 @@ impl Frontend for GitLab {
     }
 
     fn inputs(&self, env: &dyn Fn(&str) -> Option<String>, step: Step) -> Result<Inputs> {
-        let mut i = Inputs::read(&InputEnv(env))?;
+        // The template's defaults, under nixdelta.yml.
+        let defaults: Vec<(&str, &str)> = template_defaults()
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let mut i = Inputs::read_with(&InputEnv(env), &defaults)?;
         i.fork_pr = fork_mr(env);
         if step != Step::Run {
             if let Some(job) = env("CI_JOB_ID") {
@@ -137,5 +178,27 @@ mod tests {
             ("CI_MERGE_REQUEST_PROJECT_ID", "1"),
         ]);
         assert!(fork_mr(&fork.lookup()));
+    }
+
+    #[test]
+    fn inputs_at_the_template_default_count_as_unset() {
+        let d = template_defaults();
+        assert_eq!(d["archive"], "dir:.nixdelta-archive");
+        assert_eq!(d["strict"], "false");
+        assert_eq!(d["watch"], "true");
+        assert!(!d.contains_key("binary-cache"));
+        let m = Map::of(&[
+            ("NIXDELTA_INPUT_ARCHIVE", "dir:.nixdelta-archive"),
+            ("NIXDELTA_INPUT_STRICT", "true"),
+            ("NIXDELTA_INPUT_WATCH", "true"),
+        ]);
+        let src = InputEnv(&m.lookup());
+        assert_eq!(src.get("archive"), None);
+        assert_eq!(src.get("watch"), None);
+        assert_eq!(src.get("strict").as_deref(), Some("true"));
+        // Below the file, the defaults still apply.
+        let i = GitLab.inputs(&m.lookup(), Step::Start).unwrap();
+        assert_eq!(i.archive.as_deref(), Some("dir:.nixdelta-archive"));
+        assert!(i.watch && i.strict);
     }
 }

@@ -2,8 +2,10 @@
 //! handing them over, and turned into command line options of
 //! `start`/`finish`/`run` (one parser, one validation).
 
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock};
 
 use nixdelta::error::{Error, Result};
 use nixdelta::secret::Secret;
@@ -110,10 +112,86 @@ pub fn parse_bool(name: &str, v: Option<String>) -> Result<bool> {
     }
 }
 
+/// `nixdelta.yml` under a CI's own inputs: key -> value as an input
+/// gives it (set once by `main`, before the inputs are read).
+static FILE: OnceLock<HashMap<String, String>> = OnceLock::new();
+/// The keys whose value came from the file (for `nixdelta config`).
+static FROM_FILE: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Layers `nixdelta.yml`'s values under the CI inputs.
+pub fn set_file_layer(values: HashMap<String, String>) {
+    let _ = FILE.set(values);
+}
+
+/// Whether `key`'s input was the file's value.
+pub fn from_file(key: &str) -> bool {
+    FROM_FILE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .any(|k| k == key)
+}
+
+/// A CI's inputs over the file over the CI's defaults. The defaults live
+/// here, not in action.yml or the template: an input with a default there
+/// is set always and would hide the file.
+struct Layered<'a> {
+    src: &'a dyn Source,
+    defaults: &'a [(&'a str, &'a str)],
+}
+
+impl Layered<'_> {
+    fn file(&self, name: &str) -> Option<String> {
+        let v = FILE.get()?.get(name)?.clone();
+        FROM_FILE
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(name.to_string());
+        Some(v)
+    }
+
+    fn default(&self, name: &str) -> Option<String> {
+        self.defaults
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
+    }
+}
+
+impl Source for Layered<'_> {
+    fn get(&self, name: &str) -> Option<String> {
+        self.src
+            .get(name)
+            .or_else(|| self.file(name))
+            .or_else(|| self.default(name))
+    }
+
+    fn list(&self, name: &str) -> Vec<String> {
+        let l = self.src.list(name);
+        if !l.is_empty() {
+            return l;
+        }
+        self.file(name)
+            .or_else(|| self.default(name))
+            .map(|v| split_lines(&v))
+            .unwrap_or_default()
+    }
+}
+
 impl Inputs {
-    /// The options common to every CI, read from `src`. The secret key
-    /// content, if any, is the caller's (it differs per CI).
+    /// The options common to every CI, read from `src` (over the file).
+    /// The secret key content, if any, is the caller's (it differs per CI).
     pub fn read(src: &dyn Source) -> Result<Inputs> {
+        Inputs::read_with(src, &[])
+    }
+
+    /// As [`Inputs::read`], with the CI's defaults for inputs neither the
+    /// CI nor the file sets.
+    pub fn read_with(src: &dyn Source, defaults: &[(&str, &str)]) -> Result<Inputs> {
+        Inputs::read_layered(&Layered { src, defaults })
+    }
+
+    fn read_layered(src: &dyn Source) -> Result<Inputs> {
         let archive = src.get("archive").filter(|a| a != "none");
         Ok(Inputs {
             store: src.get("store"),

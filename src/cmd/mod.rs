@@ -2,6 +2,7 @@
 
 pub mod archive;
 pub mod common;
+pub mod config;
 pub mod configure;
 pub mod failed;
 pub mod key;

@@ -6,6 +6,7 @@
 //! watch through an [`Observer`].
 
 pub mod config;
+pub mod config_file;
 pub mod failed;
 pub mod finish;
 pub mod key;

@@ -189,6 +189,31 @@ command_env() {
   [[ $(ls "$T/cache"/*.narinfo | wc -l) -eq 4 ]]
 }
 
+@test "options from the checkout's nixdelta.yml, under the plugin's" {
+  # The cache and watch off from the file (the plugin's default, watch on,
+  # must not hide it); the plugin's exclude replaces the file's.
+  printf 'binary-cache: file://%s/cache\nwatch: false\nexclude:\n  - -fib-3$\n' "$T" >nixdelta.yml
+  export BUILDKITE_PLUGIN_NIXDELTA_EXCLUDE_0='-fib-2$'
+  export NIXDELTA_SECRET_KEY
+  NIXDELTA_SECRET_KEY=$(cat "$T/keys/bk-1.sec")
+  run "$NIXDELTA_BIN" --ci buildkite config finish
+  ok
+  has "(nixdelta.yml:1)"
+  has "(CI input exclude)"
+  has "***  (env NIXDELTA_SECRET_KEY)"
+  hasnt "$(cut -d: -f2 "$T/keys/bk-1.sec")"
+  run "$PLUGIN/hooks/pre-command"
+  ok
+  hasnt "background uploader"
+  build -A fib4
+  run "$PLUGIN/hooks/post-command"
+  ok
+  has "| skipped: excluded by pattern | 1 |"
+  has "| uploaded | 5 |"
+  hasnt "uploaded during the build"
+  ls "$T/cache"/*.narinfo | xargs grep -l -- '-fib-3$' >/dev/null
+}
+
 @test "watch: pre-command leaves a background uploader that pushes during the command; post-command drains it" {
   export BUILDKITE_PLUGIN_NIXDELTA_BINARY_CACHE="file://$T/cache"
   export BUILDKITE_PLUGIN_NIXDELTA_WATCH=true

@@ -14,6 +14,8 @@ use crate::helpers::util::*;
 /// The e2e workflow: job `build` builds fib(6) into one chroot store and
 /// pushes it; job `warm` restores the archive into a fresh chroot store
 /// and builds with `--max-jobs 0`. `@...@` are filled in by the test.
+/// Both take the archive from the checkout's nixdelta.yml ([`NIXDELTA_YML`]),
+/// not from an input: the action's own default must not hide it.
 const WORKFLOW: &str = r#"name: e2e
 on: [push, pull_request]
 env:
@@ -31,7 +33,6 @@ jobs:
           nixdelta-binary: "@BIN@"
           binary-cache: "file://@CACHE@"
           secret-key: ${{ env.TEST_SIGNING_KEY }}
-          archive: "@ARCHIVE@"
           watch: true
           exclude: |
             -never-matches-[0-9]+$
@@ -52,7 +53,6 @@ jobs:
           nixdelta-binary: "@BIN@"
           binary-cache: "file://@CACHE@"
           secret-key: ${{ env.TEST_SIGNING_KEY }}
-          archive: "@ARCHIVE@"
       - run: nix-build --store "$NIXDELTA_STORE" fib.nix -A fib6 --no-out-link --max-jobs 0
       - run: echo "warm outputs hit=${{ steps.nixdelta.outputs.cache-hit }} matched=${{ steps.nixdelta.outputs.matched-key }}"
   pull:
@@ -85,6 +85,9 @@ jobs:
           echo "pull: nix-command still on"
 "#;
 
+/// The checkout's nixdelta.yml.
+const NIXDELTA_YML: &str = "# read by every job's nixdelta\narchive: \"@ARCHIVE@\"\n";
+
 struct Act {
     env: Env,
     repo: std::path::PathBuf,
@@ -112,6 +115,8 @@ impl Act {
         let (sec, public) = env.keygen("e2e-1");
         let text = text.replace("@PUBLIC@", &public);
         std::fs::write(wf.join("e2e.yml"), text).unwrap();
+        let yml = NIXDELTA_YML.replace("@ARCHIVE@", &archive);
+        std::fs::write(repo.join("nixdelta.yml"), yml).unwrap();
         git_commit_all(&repo, "https://github.com/nixdelta-e2e/demo.git");
         let secret = std::fs::read_to_string(sec).unwrap().trim().to_string();
         // The key reaches the workflow as a plain variable, not an act

@@ -10,10 +10,10 @@ use std::process::Command;
 
 use crate::helpers::util::*;
 
+/// The binary cache comes from the checkout's nixdelta.yml ([`NIXDELTA_YML`]).
 const PIPELINE: &str = r#"include:
   - local: templates/nixdelta.gitlab-ci.yml
     inputs:
-      binary-cache: "file://@CACHE@"
       secret-key-file: "@KEY@"
       nixdelta-binary: "@BIN@"
       exclude: "-never-matches$"
@@ -24,6 +24,8 @@ build:
   script:
     - nix-build --store "$NIXDELTA_STORE" fib.nix -A fib6 --no-out-link $BUILD_FLAGS
 "#;
+
+const NIXDELTA_YML: &str = "binary-cache: file://@CACHE@\n";
 
 /// A pull-only pipeline: the public key, no signing key, no archive; the
 /// user's NIX_CONFIG (nix-command, signatures) and nix.conf of its own.
@@ -122,6 +124,8 @@ fn template_second_pipeline_restores_from_the_gitlab_cache() {
         .replace("@KEY@", &sec.display().to_string())
         .replace("@BIN@", nixdelta_bin());
     std::fs::write(repo.join(".gitlab-ci.yml"), text).unwrap();
+    let yml = NIXDELTA_YML.replace("@CACHE@", &env.path("cache").display().to_string());
+    std::fs::write(repo.join("nixdelta.yml"), yml).unwrap();
     std::fs::write(repo.join(".gitignore"), ".gitlab-ci-local/\n").unwrap();
     git_commit_all(&repo, "https://gitlab.com/nixdelta-e2e/demo.git");
 

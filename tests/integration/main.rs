@@ -13,6 +13,7 @@ mod ci_github;
 mod ci_gitlab;
 mod ci_track;
 mod closure;
+mod config_file;
 mod daemon;
 mod env_archive;
 mod errors;
