@@ -15,6 +15,7 @@ mod ci_track;
 mod closure;
 mod config_file;
 mod daemon;
+mod docs;
 mod env_archive;
 mod errors;
 mod hardening;
