@@ -10,6 +10,7 @@
 pub mod dir;
 pub mod failed;
 pub mod github;
+pub mod github_purge;
 pub mod s3;
 
 use std::collections::{BinaryHeap, HashMap, HashSet};
