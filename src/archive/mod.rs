@@ -8,6 +8,7 @@
 //!   → streamed into the store by [`import`], verified before registration.
 
 pub mod dir;
+pub mod artifact;
 pub mod failed;
 pub mod github;
 pub mod s3;

@@ -74,8 +74,8 @@ pub const KEYS: &[Key] = &[
     k("watch", "watch", true),
     k("watch-timeout", "watch-timeout", false),
     k("strict", "strict", true),
-    k("keep-failed", "keep-failed", false),
-    k("keep-failed-max", "keep-failed-max", false),
+    k("keep-failed", "keep-failed", true),
+    k("keep-failed-max", "keep-failed-max", true),
 ];
 
 /// Secrets `nixdelta config` names (never their values), with the
