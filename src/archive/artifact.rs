@@ -68,7 +68,10 @@ impl Artifacts {
             Ok(u) => u.origin().ascii_serialization(),
             Err(e) => return Err(Error::cache("github artifacts", format!("bad URL: {e}"))),
         };
-        let net = Net::new(format!("github artifacts at {base}"), RetryPolicy::from_env())?;
+        let net = Net::new(
+            format!("github artifacts at {base}"),
+            RetryPolicy::from_env(),
+        )?;
         Ok(Artifacts {
             base,
             token: Secret::new(token),
@@ -152,12 +155,13 @@ impl Artifacts {
             let id = crate::nix::hash::BASE64.encode(format!("block-{:010}", ids.len()));
             let u = format!("{url}{sep}comp=block&blockid={}", urlencode(&id));
             let last = buf.len() < BLOCK;
-            self.net.send_ok("PUT", "artifact block", buf.len() as u64, |c| {
-                c.put(&u)
-                    .header("x-ms-version", AZURE_VERSION)
-                    .header("Content-Type", "application/octet-stream")
-                    .body(buf.clone())
-            })?;
+            self.net
+                .send_ok("PUT", "artifact block", buf.len() as u64, |c| {
+                    c.put(&u)
+                        .header("x-ms-version", AZURE_VERSION)
+                        .header("Content-Type", "application/octet-stream")
+                        .body(buf.clone())
+                })?;
             ids.push(id);
             if last {
                 break;
@@ -211,7 +215,15 @@ fn backend_ids(token: &str) -> Option<(String, String)> {
 
 fn crc32(data: impl Read) -> std::io::Result<(u32, u64)> {
     let table: Vec<u32> = (0..256u32)
-        .map(|i| (0..8).fold(i, |c, _| if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 }))
+        .map(|i| {
+            (0..8).fold(i, |c, _| {
+                if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                }
+            })
+        })
         .collect();
     let mut crc = !0u32;
     let mut len = 0u64;

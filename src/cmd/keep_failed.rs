@@ -77,7 +77,10 @@ pub fn keep(cfg: &JobConfig, ask: Ask, fallback_label: &str) {
         );
         return;
     }
-    let scratch = match tempfile::Builder::new().prefix("nixdelta-failed-").tempdir() {
+    let scratch = match tempfile::Builder::new()
+        .prefix("nixdelta-failed-")
+        .tempdir()
+    {
         Ok(d) => d,
         Err(e) => return fe.warning(&format!("keep-failed: build trees NOT saved: {e}")),
     };
@@ -213,7 +216,9 @@ fn store(cfg: &JobConfig, kind: Kind, key: &str, file: &Path) -> Result<Stored> 
         job::failed::save_file(backend, key, f)?;
         return Ok(Stored {
             place: format!("in {backend} under {key}"),
-            fetch: format!("nixdelta failed-tree fetch --archive {backend} --key {key} --out {OUT}"),
+            fetch: format!(
+                "nixdelta failed-tree fetch --archive {backend} --key {key} --out {OUT}"
+            ),
         });
     }
     let keep = std::env::temp_dir().join(&name);

@@ -29,10 +29,7 @@ pub fn build_dirs(store: &StoreSpec) -> Vec<PathBuf> {
     if daemon::in_use(store) {
         match daemon::read_conf().get("build-dir").and_then(|v| v.first()) {
             Some(d) if !d.is_empty() => dirs.push(PathBuf::from(d)),
-            _ => dirs.extend([
-                PathBuf::from("/nix/var/nix/builds"),
-                PathBuf::from("/tmp"),
-            ]),
+            _ => dirs.extend([PathBuf::from("/nix/var/nix/builds"), PathBuf::from("/tmp")]),
         }
     }
     dirs.sort();
@@ -120,7 +117,9 @@ fn all_readable(dir: &Path) -> bool {
 fn sudo_copy(tree: &Path, scratch: &Path) -> std::result::Result<PathBuf, String> {
     let name = tree.file_name().ok_or("no name")?;
     let dest = scratch.join(name);
-    let me = format!("{}:{}", unsafe { libc::getuid() }, unsafe { libc::getgid() });
+    let me = format!("{}:{}", unsafe { libc::getuid() }, unsafe {
+        libc::getgid()
+    });
     let run = |args: &[&std::ffi::OsStr]| {
         std::process::Command::new("sudo")
             .arg("-n")
@@ -140,8 +139,18 @@ fn sudo_copy(tree: &Path, scratch: &Path) -> std::result::Result<PathBuf, String
             })
     };
     // -a keeps links as links (never followed) and stays in the tree.
-    run(&["cp".as_ref(), "-a".as_ref(), tree.as_os_str(), dest.as_os_str()])?;
-    run(&["chown".as_ref(), "-R".as_ref(), me.as_ref(), dest.as_os_str()])?;
+    run(&[
+        "cp".as_ref(),
+        "-a".as_ref(),
+        tree.as_os_str(),
+        dest.as_os_str(),
+    ])?;
+    run(&[
+        "chown".as_ref(),
+        "-R".as_ref(),
+        me.as_ref(),
+        dest.as_os_str(),
+    ])?;
     Ok(dest)
 }
 

@@ -203,7 +203,8 @@ pub fn write(cfg: &JobConfig, side: ReadSide, dir: &Path, env: Env) -> Result<Co
 /// What `--keep-failed` adds to the job's Nix configuration. Not a list
 /// setting, so the user's own files (read after ours) could still turn it
 /// off; their `NIX_CONFIG` too.
-const KEEP_FAILED: &str = "# nixdelta --keep-failed: failed builds leave their build directory\nkeep-failed = true\n";
+const KEEP_FAILED: &str =
+    "# nixdelta --keep-failed: failed builds leave their build directory\nkeep-failed = true\n";
 
 /// `--keep-failed` without a cache to read: a configuration of that one
 /// setting, and the environment that makes the job's Nix read it.

@@ -451,7 +451,11 @@ fn action_keep_failed_uploads_the_failed_tree_as_an_artifact() {
     assert!(has(&job, "kept 1 failed build trees"), "{}", show());
     assert!(has(&job, "as artifact failed-failed-"), "{}", show());
     let rows: Vec<&str> = log.lines().collect();
-    assert!(has(&rows, "| stored | as artifact failed-failed-"), "{}", show());
+    assert!(
+        has(&rows, "| stored | as artifact failed-failed-"),
+        "{}",
+        show()
+    );
     let fetch = job
         .iter()
         .find_map(|l| l.split("Fetch them: ").nth(1))
@@ -474,7 +478,8 @@ fn action_keep_failed_uploads_the_failed_tree_as_an_artifact() {
     // artifacts and downloads (unzips) this one, in a later job.
     let npm = npm_dir();
     assert!(
-        npm.join("node_modules/@actions/artifact/package.json").exists(),
+        npm.join("node_modules/@actions/artifact/package.json")
+            .exists(),
         "@actions/artifact is not installed in {} (scripts/setup.sh)",
         npm.display()
     );

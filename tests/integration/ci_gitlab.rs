@@ -262,7 +262,11 @@ fn template_keep_failed_keeps_the_tree_as_a_job_artifact() {
     let show = || format!("gitlab-ci-local output:\n{log}");
     assert!(has(&log, "keeping build directory"), "{}", show());
     assert!(has(&log, "kept 1 failed build trees"), "{}", show());
-    assert!(has(&log, "in .nixdelta-failed/failed-failed-"), "{}", show());
+    assert!(
+        has(&log, "in .nixdelta-failed/failed-failed-"),
+        "{}",
+        show()
+    );
     let fetch = log
         .lines()
         .find_map(|l| l.split("Fetch them: ").nth(1))
@@ -271,12 +275,22 @@ fn template_keep_failed_keeps_the_tree_as_a_job_artifact() {
         .to_string();
     let nd = fetch.split_once(", then ").expect("download, then fetch").1;
     let args: Vec<&str> = nd.split_whitespace().collect();
-    assert_eq!(args[..4], ["nixdelta", "failed-tree", "fetch", "--file"], "{fetch}");
+    assert_eq!(
+        args[..4],
+        ["nixdelta", "failed-tree", "fetch", "--file"],
+        "{fetch}"
+    );
     // The job's artifacts, as gitlab-ci-local exported them.
     let exported = repo.join(".gitlab-ci-local/artifacts/failed");
     let fresh = env.path("fresh");
     copy_tree(&exported, &fresh);
-    assert!(fresh.join(args[4]).is_file(), "{} in {}: {}", args[4], exported.display(), show());
+    assert!(
+        fresh.join(args[4]).is_file(),
+        "{} in {}: {}",
+        args[4],
+        exported.display(),
+        show()
+    );
     ok(nixdelta().current_dir(&fresh).args(&args[1..]));
     let out = fresh.join("failed-tree");
     let tree = std::fs::read_dir(&out)
