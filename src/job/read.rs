@@ -358,6 +358,15 @@ mod tests {
         );
         remove(dir.path());
         assert!(!netrc.exists() && !done.conf_file.exists());
+        assert!(!conf.contains("keep-failed"));
+        // --keep-failed: the same file, one setting more.
+        let mut c = c;
+        c.read.keep_failed = true;
+        let side = plan(&c, &env).unwrap().unwrap();
+        let done = write(&c, side, dir.path(), &env).unwrap();
+        let conf = std::fs::read_to_string(&done.conf_file).unwrap();
+        assert!(conf.contains("extra-substituters = https://cache.example.org\n"));
+        assert!(conf.contains("\nkeep-failed = true\n"), "{conf}");
     }
 
     #[test]
