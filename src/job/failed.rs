@@ -75,11 +75,6 @@ pub fn collect_in(dirs: &[PathBuf], since: u64) -> Vec<PathBuf> {
     out
 }
 
-/// Build directories Nix kept since `since` in the client's temp dir.
-pub fn collect(since: u64) -> Vec<PathBuf> {
-    collect_in(&[std::env::temp_dir()], since)
-}
-
 /// Trees this process cannot read whole (a daemon's, owned by its build
 /// users) are copied with `sudo -n cp -a` into `scratch` and made ours;
 /// what cannot be read even so is left out, with the reason.
@@ -166,8 +161,11 @@ pub fn pack_file(trees: &[PathBuf], cap: u64, out: &Path) -> Result<failed::Pack
     Ok(p)
 }
 
-/// The name a pack is stored under: `failed-<label>-<time>`.
+/// The name a pack is stored under: `failed-<label>-<time>-<random>` (an
+/// artifact name is unique in a run: matrix jobs share a label, and may
+/// fail in the same second).
 pub fn key_for(label: &str) -> String {
+    use rand_core::RngCore as _;
     let clean: String = label
         .chars()
         .map(|c| {
@@ -178,7 +176,8 @@ pub fn key_for(label: &str) -> String {
             }
         })
         .collect();
-    format!("failed-{clean}-{}", crate::store::jobs::now())
+    let tag = rand_core::OsRng.next_u32() & 0xff_ffff;
+    format!("failed-{clean}-{}-{tag:06x}", crate::store::jobs::now())
 }
 
 /// Saves a pack already made (`pack_file`) into `backend` under `key`.
@@ -244,5 +243,6 @@ mod tests {
         let k = key_for("gh/build job");
         assert!(k.starts_with("failed-gh-build-job-"), "{k}");
         crate::archive::check_key(&k).unwrap();
+        assert_ne!(key_for("a"), key_for("a"));
     }
 }

@@ -209,7 +209,7 @@ command_env() {
   ok
   has "kept 1 failed build trees"
   has "as Buildkite artifact failed-"
-  grep -q "^ARGS: artifact upload failed-job-[0-9]*.tar.zst" "$AGENT_LOG"
+  grep -q "^ARGS: artifact upload failed-job-[0-9]*-[0-9a-f]*\.tar\.zst$" "$AGENT_LOG"
   grep -q "| fetch | \`buildkite-agent artifact download failed-" "$AGENT_LOG"
   # The printed command, with the agent's download done by hand here.
   fetch=$(sed -n 's/.*Fetch them: buildkite-agent artifact download [^ ]* . --build build-42 && \(nixdelta failed-tree fetch [^;]*\) ;.*/\1/p' <<<"$output")

@@ -186,7 +186,11 @@ fn start_keep_failed_then_finish_store_the_job_s_failed_tree() {
         .output()
         .unwrap();
     assert!(!build.status.success());
-    assert!(show(&build).contains("keeping build directory"), "{}", show(&build));
+    assert!(
+        show(&build).contains("keeping build directory"),
+        "{}",
+        show(&build)
+    );
 
     let out = ok(env
         .nixdelta(&["finish", "--archive", &backend])
