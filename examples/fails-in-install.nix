@@ -1,5 +1,6 @@
 # A build that fails in its install phase, for keep-failed: the build
-# phase leaves src/ and build.log, the install phase writes
+# phase leaves src/, build.log and private/ (mode 0700: under a daemon,
+# only root and the build user read it), the install phase writes
 # install-progress.txt and fails. Hermetic like fib.nix (a static busybox).
 #
 #   nixdelta run --keep-failed --archive dir:/tmp/a -- nix-build fails-in-install.nix
@@ -20,6 +21,7 @@ derivation {
     buildPhase() {
       mkdir -p src && echo 'int main() { return 0; }' > src/main.c
       echo compiled > build.log
+      mkdir private && echo "the build user's" > private/notes && chmod 700 private
     }
     installPhase() {
       echo "copied 1 of 2 files" > install-progress.txt
