@@ -84,10 +84,10 @@ pub fn keep(cfg: &JobConfig, ask: Ask, fallback_label: &str) {
         Ok(d) => d,
         Err(e) => return fe.warning(&format!("keep-failed: build trees NOT saved: {e}")),
     };
-    let (trees, notes) = job::failed::readable(trees, scratch.path());
+    let (trees, notes) = job::failed::readable(trees);
     for n in &notes {
         fe.notice(&format!(
-            "keep-failed: left out (the daemon's, run the job as root or allow `sudo -n cp`/`chown`): {n}"
+            "keep-failed: left out (a daemon's tree: run the job as root, or allow `sudo -n tar`): {n}"
         ));
     }
     if trees.is_empty() {
@@ -95,7 +95,8 @@ pub fn keep(cfg: &JobConfig, ask: Ask, fallback_label: &str) {
     }
     let key = job::failed::key_for(&label(fe.kind(), fallback_label));
     let file = scratch.path().join(format!("{key}.tar.zst"));
-    let packed = match job::failed::pack_file(&trees, ask.cap, &file) {
+    let (paths, trees): (Vec<PathBuf>, Vec<_>) = trees.into_iter().unzip();
+    let packed = match job::failed::pack_file(trees, ask.cap, &file) {
         Ok(p) => p,
         Err(e) => return fe.warning(&format!("keep-failed: build trees NOT packed: {e}")),
     };
@@ -116,14 +117,14 @@ pub fn keep(cfg: &JobConfig, ask: Ask, fallback_label: &str) {
         nativeBuildInputs to stop in the failing build";
     fe.notice(&format!(
         "kept {} failed build trees ({} files, {}{cut}) {}. Fetch them: {} ; {resume}",
-        trees.len(),
+        paths.len(),
         packed.files,
         nixdelta::pipeline::summary::mb(packed.bytes),
         stored.place,
         stored.fetch,
     ));
     let mut t = Table::new("nixdelta: failed build trees", ("", ""));
-    let names: Vec<String> = trees
+    let names: Vec<String> = paths
         .iter()
         .filter_map(|p| p.file_name())
         .map(|n| format!("`{}`", n.to_string_lossy()))

@@ -76,18 +76,20 @@ pub fn collect_in(dirs: &[PathBuf], since: u64) -> Vec<PathBuf> {
 }
 
 /// Trees this process cannot read whole (a daemon's, owned by its build
-/// users) are copied with `sudo -n cp -a` into `scratch` and made ours;
-/// what cannot be read even so is left out, with the reason.
-pub fn readable(trees: Vec<PathBuf>, scratch: &Path) -> (Vec<PathBuf>, Vec<String>) {
+/// users) are streamed by `sudo -n tar` as root; when `sudo -n` is refused
+/// they are left out, with the reason. Nothing is copied to disk first.
+pub fn readable(trees: Vec<PathBuf>) -> (Vec<(PathBuf, failed::Tree)>, Vec<String>) {
     let mut ok = Vec::new();
     let mut notes = Vec::new();
+    let mut sudo: Option<std::result::Result<(), String>> = None;
     for t in trees {
         if all_readable(&t) {
-            ok.push(t);
+            ok.push((t.clone(), failed::Tree::Dir(t)));
             continue;
         }
-        match sudo_copy(&t, scratch) {
-            Ok(copy) => ok.push(copy),
+        let allowed = sudo.get_or_insert_with(sudo_allowed).clone();
+        match allowed.and_then(|()| sudo_tar(&t)) {
+            Ok(stream) => ok.push((t, failed::Tree::Tar(stream))),
             Err(e) => notes.push(format!("{}: not readable, and {e}", t.display())),
         }
     }
@@ -109,54 +111,71 @@ fn all_readable(dir: &Path) -> bool {
     })
 }
 
-fn sudo_copy(tree: &Path, scratch: &Path) -> std::result::Result<PathBuf, String> {
-    let name = tree.file_name().ok_or("no name")?;
-    let dest = scratch.join(name);
-    let me = format!("{}:{}", unsafe { libc::getuid() }, unsafe {
-        libc::getgid()
-    });
-    let run = |args: &[&std::ffi::OsStr]| {
-        std::process::Command::new("sudo")
-            .arg("-n")
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .map_err(|e| format!("sudo cannot run ({e})"))
-            .and_then(|o| {
-                if o.status.success() {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "`sudo -n` refused ({})",
-                        String::from_utf8_lossy(&o.stderr).trim()
-                    ))
-                }
-            })
+/// Whether `sudo -n` runs without a password here.
+fn sudo_allowed() -> std::result::Result<(), String> {
+    let out = std::process::Command::new("sudo")
+        .args(["-n", "true"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("sudo cannot run ({e})"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`sudo -n` refused ({})",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// `sudo -n tar -C PARENT -cf - NAME`: the tree as a tar stream (tar
+/// stores links as links and stays in the tree). The child is reaped when
+/// the stream ends; a tar that failed is reported then.
+fn sudo_tar(tree: &Path) -> std::result::Result<Box<dyn std::io::Read>, String> {
+    let (Some(parent), Some(name)) = (tree.parent(), tree.file_name()) else {
+        return Err("no parent directory".into());
     };
-    // -a keeps links as links (never followed) and stays in the tree.
-    run(&[
-        "cp".as_ref(),
-        "-a".as_ref(),
-        tree.as_os_str(),
-        dest.as_os_str(),
-    ])?;
-    run(&[
-        "chown".as_ref(),
-        "-R".as_ref(),
-        me.as_ref(),
-        dest.as_os_str(),
-    ])?;
-    Ok(dest)
+    let mut child = std::process::Command::new("sudo")
+        .args(["-n", "tar", "--one-file-system", "-C"])
+        .arg(parent)
+        .args(["-cf", "-", "--"])
+        .arg(name)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("sudo cannot run ({e})"))?;
+    let out = child.stdout.take().ok_or("no pipe")?;
+    Ok(Box::new(Reaped { out, child }))
+}
+
+/// A child's stdout that waits for the child at its end.
+struct Reaped {
+    out: std::process::ChildStdout,
+    child: std::process::Child,
+}
+
+impl std::io::Read for Reaped {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.out.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            let status = self.child.wait()?;
+            if !status.success() {
+                return Err(std::io::Error::other(format!("sudo -n tar: {status}")));
+            }
+        }
+        Ok(n)
+    }
 }
 
 /// Packs `trees` (at most `cap` bytes of files) into the file `out`.
-pub fn pack_file(trees: &[PathBuf], cap: u64, out: &Path) -> Result<failed::Packed> {
+pub fn pack_file(trees: Vec<failed::Tree>, cap: u64, out: &Path) -> Result<failed::Packed> {
     let f = std::fs::File::create(out).map_err(|e| Error::Input {
         path: out.to_path_buf(),
         msg: format!("cannot write the packed build trees: {e}"),
     })?;
     let mut w = std::io::BufWriter::new(f);
-    let p = failed::pack(trees, cap, &mut w)?;
+    let p = failed::pack_trees(trees, cap, &mut w)?;
     std::io::Write::flush(&mut w).map_err(|e| Error::Other(e.into()))?;
     Ok(p)
 }

@@ -312,7 +312,8 @@ fn an_untrusted_user_reads_the_cache_once_the_daemon_allows_it() {
 /// `start --keep-failed`; its build, done by the daemon, fails in its
 /// install phase and the daemon keeps the tree in its temp dir, part of it
 /// readable by root only. `finish` without `sudo -n` says what it left out;
-/// with it, copies the tree, packs it (no archive: a file on this machine)
+/// with it, streams the tree with `sudo -n tar`, packs it (no archive: a
+/// file on this machine)
 /// and the printed `failed-tree fetch` shows the files, the private ones too.
 #[test]
 fn keep_failed_collects_the_daemon_s_build_tree_through_sudo() {
