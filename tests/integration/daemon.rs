@@ -101,6 +101,14 @@ impl Drop for NixDaemon {
 /// lives (GitHub's hosted runners give their user that).
 struct Sudoers(PathBuf);
 
+/// Held by each test that grants `Sudoers` or needs `sudo -n` refused:
+/// the grant is for the one job user all of them share.
+static SUDO_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn sudo_tests() -> std::sync::MutexGuard<'static, ()> {
+    SUDO_TESTS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Sudoers {
     fn grant() -> Sudoers {
         let f = PathBuf::from(format!(
@@ -215,6 +223,7 @@ fn an_untrusted_user_reads_the_cache_once_the_daemon_allows_it() {
     if unsafe { libc::getuid() } != 0 || which("nix-daemon").is_none() || which("sudo").is_none() {
         panic!("needs root, nix-daemon and sudo (scripts/setup.sh installs them)");
     }
+    let _serial = sudo_tests();
     let env = Env::new();
     std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let chain6 = env.build("fib.nix", &["chain6"]).remove(0);
@@ -320,6 +329,7 @@ fn keep_failed_collects_the_daemon_s_build_tree_through_sudo() {
     if unsafe { libc::getuid() } != 0 || which("nix-daemon").is_none() || which("sudo").is_none() {
         panic!("needs root, nix-daemon and sudo (scripts/setup.sh installs them)");
     }
+    let _serial = sudo_tests();
     let env = Env::new();
     std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let d = NixDaemon::start(&env.path("daemon"));
