@@ -35,6 +35,11 @@ if [ ! -f "$NPM_DIR/node_modules/@actions/cache/package.json" ]; then
   [ -f "$NPM_DIR/package.json" ] || echo '{"name":"nixdelta-test","private":true}' > "$NPM_DIR/package.json"
   (cd "$NPM_DIR" && npm install --no-audit --no-fund --silent '@actions/cache@^6')
 fi
+# @octokit/rest: GitHub's official REST client, which checks the suite's
+# fake of the cache REST API (tests/integration/purge.rs).
+if [ ! -f "$NPM_DIR/node_modules/@octokit/rest/package.json" ]; then
+  (cd "$NPM_DIR" && npm install --no-audit --no-fund --silent '@octokit/rest@^22')
+fi
 # @actions/artifact: the official v4 artifact client downloads what
 # keep-failed uploaded to act's artifact server (tests/integration/ci_github.rs).
 if [ ! -f "$NPM_DIR/node_modules/@actions/artifact/package.json" ]; then

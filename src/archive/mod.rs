@@ -11,6 +11,7 @@ pub mod artifact;
 pub mod dir;
 pub mod failed;
 pub mod github;
+pub mod github_purge;
 pub mod s3;
 
 use std::collections::{BinaryHeap, HashMap, HashSet};

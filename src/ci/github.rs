@@ -70,6 +70,7 @@ impl Frontend for GitHub {
         let mut i = Inputs::read_with(&src, &[("archive", "github")])?;
         i.secret_key = env(&input_var("secret-key")).map(nixdelta::secret::Secret::new);
         i.cache_token = env(&input_var("cache-token")).map(nixdelta::secret::Secret::new);
+        i.github_token = env(&input_var("github-token")).map(nixdelta::secret::Secret::new);
         i.fork_pr = fork_pr(env);
         if step == Step::Finish {
             i.state_dir = env(&format!("STATE_{STATE_DIR}")).map(PathBuf::from);

@@ -62,6 +62,13 @@ pub struct Inputs {
     pub keep_failed_max: Option<String>,
     /// A bearer token for an http(s) cache (GitHub's `cache-token`).
     pub cache_token: Option<Secret<String>>,
+    /// GitHub cache housekeeping after a save (`purge`, on unless `false`),
+    /// and the token it uses (GitHub's `github-token`).
+    pub purge: bool,
+    pub purge_prefixes: Vec<String>,
+    pub purge_created_before: Option<String>,
+    pub purge_last_accessed_before: Option<String>,
+    pub github_token: Option<Secret<String>>,
     /// A signing key is given somewhere (set by [`Inputs::settle`]).
     pub has_key: bool,
     /// Where start leaves its state for finish (per job).
@@ -101,6 +108,16 @@ pub fn split_words(items: Vec<String>) -> Vec<String> {
         .filter(|w| !w.is_empty())
         .map(String::from)
         .collect()
+}
+
+/// An age input, checked at every step (so that `start` refuses a bad
+/// one before the build, not only the post step that uses it).
+fn age(src: &dyn Source, name: &str) -> Result<Option<String>> {
+    let v = src.get(name);
+    if let Some(v) = &v {
+        nixdelta::archive::github_purge::parse_age(&format!("input {name}"), v)?;
+    }
+    Ok(v)
 }
 
 /// `true`/`false` as YAML and the CIs spell them.
@@ -252,6 +269,14 @@ impl Inputs {
             keep_failed: parse_bool("keep-failed", src.get("keep-failed"))?,
             keep_failed_max: src.get("keep-failed-max"),
             cache_token: None,
+            purge: match src.get("purge").filter(|v| !v.trim().is_empty()) {
+                None => true,
+                v => parse_bool("purge", v)?,
+            },
+            purge_prefixes: split_words(src.list("purge-prefixes")),
+            purge_created_before: age(src, "purge-created-before")?,
+            purge_last_accessed_before: age(src, "purge-last-accessed-before")?,
+            github_token: None,
             has_key: false,
             state_dir: None,
             fork_pr: false,
@@ -359,6 +384,16 @@ impl Inputs {
         a.one("--jobs", self.jobs.as_deref());
         a.many("--closure-of", &self.paths_to_push);
         a.one("--closure", self.closure.as_deref());
+        a.switch("--no-purge", !self.purge);
+        a.many("--purge-prefix", &self.purge_prefixes);
+        a.one(
+            "--purge-created-before",
+            self.purge_created_before.as_deref(),
+        );
+        a.one(
+            "--purge-last-accessed-before",
+            self.purge_last_accessed_before.as_deref(),
+        );
         a.out
     }
 

@@ -192,6 +192,10 @@ pub fn init(kind: Kind, step: Option<Step>, argv: Vec<OsString>) -> Result<Vec<O
         fe.mask(token.expose().trim());
         std::env::set_var(nixdelta::cache::http::TOKEN_ENV, token.expose().trim());
     }
+    if let Some(token) = &inputs.github_token {
+        fe.mask(token.expose().trim());
+        std::env::set_var("NIXDELTA_GITHUB_TOKEN", token.expose().trim());
+    }
     inputs.settle(env_var("NIXDELTA_SECRET_KEY").is_some());
     let _ = FRONTEND.set(fe);
     for n in &inputs.notices {

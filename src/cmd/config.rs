@@ -22,10 +22,27 @@ pub struct Key {
     pub key: &'static str,
     pub flag: &'static str,
     pub ci: bool,
+    /// The flag says the opposite of the key (`purge: false` is `--no-purge`).
+    pub invert: bool,
 }
 
 const fn k(key: &'static str, flag: &'static str, ci: bool) -> Key {
-    Key { key, flag, ci }
+    Key {
+        key,
+        flag,
+        ci,
+        invert: false,
+    }
+}
+
+/// A key whose `false` is the flag.
+const fn not(key: &'static str, flag: &'static str, ci: bool) -> Key {
+    Key {
+        key,
+        flag,
+        ci,
+        invert: true,
+    }
 }
 
 /// Every key of [`config_file::ConfigFile`] (a unit test checks).
@@ -76,6 +93,14 @@ pub const KEYS: &[Key] = &[
     k("strict", "strict", true),
     k("keep-failed", "keep-failed", true),
     k("keep-failed-max", "keep-failed-max", true),
+    not("purge", "no-purge", true),
+    k("purge-prefixes", "purge-prefix", true),
+    k("purge-created-before", "purge-created-before", true),
+    k(
+        "purge-last-accessed-before",
+        "purge-last-accessed-before",
+        true,
+    ),
 ];
 
 /// Secrets `nixdelta config` names (never their values), with the
@@ -83,6 +108,7 @@ pub const KEYS: &[Key] = &[
 const SECRETS: &[(&str, &str)] = &[
     ("secret-key", "NIXDELTA_SECRET_KEY"),
     ("cache-token", nixdelta::cache::http::TOKEN_ENV),
+    ("github-token", "NIXDELTA_GITHUB_TOKEN"),
 ];
 
 /// The file to read: `--config`/`$NIXDELTA_CONFIG` (must exist), else
@@ -145,8 +171,8 @@ pub fn file_args(
         }
         let flag = k.flag;
         match &e.value {
-            Value::Bool(true) => out.push((format!("--{flag}").into(), k.key)),
-            Value::Bool(false) => {}
+            Value::Bool(b) if *b != k.invert => out.push((format!("--{flag}").into(), k.key)),
+            Value::Bool(_) => {}
             Value::Str(s) => out.push((format!("--{flag}={s}").into(), k.key)),
             Value::List(l) => out.extend(l.iter().map(|v| (format!("--{flag}={v}").into(), k.key))),
         }
@@ -194,7 +220,7 @@ fn origin(o: &Origins, k: &Key, a: &clap::Arg, src: Option<ValueSource>) -> Opti
         ValueSource::EnvVariable => format!("env {}", a.get_env()?.to_string_lossy()),
         // `key: false` in the file adds no option: the default it is.
         ValueSource::DefaultValue => match o.file.as_ref().and_then(|f| f.get(k.key)) {
-            Some(e) if e.value == Value::Bool(false) => in_file()?,
+            Some(e) if e.value == Value::Bool(k.invert) => in_file()?,
             _ => "default".into(),
         },
         _ if has_flag(&o.user, k.flag) => "command line".into(),
@@ -239,7 +265,7 @@ fn rows(sub: &clap::Command, m: &clap::ArgMatches, o: &Origins) -> Vec<Row> {
         });
     }
     for (key, var) in SECRETS {
-        if !std::env::var_os(var).is_some_and(|v| !v.is_empty()) {
+        if std::env::var_os(var).is_none_or(|v| v.is_empty()) {
             continue;
         }
         let source = if o.env_secrets.contains(var) {

@@ -400,5 +400,46 @@ pub fn finish_summary(fe: &dyn Frontend, done: &Finished, strict: bool) -> Strin
     for (facts, r) in done.saved.iter().chain(&done.eval_saved) {
         md.push_str(&save_table(facts, r).markdown());
     }
+    if let Some(p) = &done.purge {
+        let (t, near) = purge_table(p);
+        if near {
+            headline.push_str("**The repository's Actions cache is near its limit: GitHub evicts the least recently used entries beyond it.**\n\n");
+        }
+        md.push_str(&t.markdown());
+    }
     format!("{headline}{md}")
+}
+
+/// The Actions cache's usage and what was purged; whether usage is over
+/// 80 % of the limit.
+fn purge_table(p: &nixdelta::archive::github_purge::PurgeReport) -> (Table, bool) {
+    use nixdelta::archive::github_purge::DEFAULT_LIMIT;
+    let mut t = Table::new("GitHub Actions cache", ("", ""));
+    let mut near = false;
+    if let Some(u) = &p.usage {
+        let pct = u.active_caches_size_in_bytes as f64 * 100.0 / DEFAULT_LIMIT as f64;
+        near = pct >= 80.0;
+        t.row(
+            "usage",
+            format!(
+                "{} in {} entries ({pct:.0} % of GitHub's default 10 GB limit)",
+                mb(u.active_caches_size_in_bytes),
+                u.active_caches_count
+            ),
+        );
+    }
+    let bytes: u64 = p.deleted.iter().map(|(_, b)| b).sum();
+    let keys: Vec<&str> = p.deleted.iter().map(|(k, _)| k.as_str()).collect();
+    t.row(
+        "superseded entries deleted",
+        if keys.is_empty() {
+            "none".to_string()
+        } else {
+            format!("{} ({}): {}", keys.len(), mb(bytes), keys.join(", "))
+        },
+    );
+    if let Some(w) = &p.warning {
+        t.row("**housekeeping**", format!("**{w}**"));
+    }
+    (t, near)
 }

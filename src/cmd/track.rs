@@ -71,6 +71,7 @@ fn job_config(store: &StoreSpec, f: &FinishArgs, a: &ArchiveArgs) -> Result<JobC
             closure: closure_mode(f)?,
         },
         scope: f.scope.config(),
+        purge: f.purge.config()?,
         ..archive_config(store, a, f.strict)?
     })
 }
@@ -409,6 +410,8 @@ fn run_command(command: &[String], env: &[(String, String)]) -> Result<i32> {
         .env_remove(nixdelta::cache::http::TOKEN_ENV)
         .env_remove(ci::github::input_var("secret-key"))
         .env_remove(ci::github::input_var("cache-token"))
+        .env_remove(ci::github::input_var("github-token"))
+        .env_remove("NIXDELTA_GITHUB_TOKEN")
         .envs(env.iter().map(|(k, v)| (k, v)))
         .spawn();
     // As a shell does: 127 when the command is not found, 126 when it

@@ -240,9 +240,57 @@ pub struct FinishArgs {
     pub json: bool,
     #[command(flatten)]
     pub scope: ScopeArgs,
+    #[command(flatten)]
+    pub purge: PurgeArgs,
     /// Fail (non-zero exit) on cache errors instead of warning.
     #[arg(long, env = "NIXDELTA_STRICT")]
     pub strict: bool,
+}
+
+/// GitHub cache housekeeping after a save to the `github` archive in
+/// GitHub Actions, with a token ($NIXDELTA_GITHUB_TOKEN or $GITHUB_TOKEN)
+/// that has `actions: write`.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct PurgeArgs {
+    /// Keep superseded cache entries (by default, after a save, this ref's
+    /// older nixdelta entries under the key's restore prefix are deleted).
+    #[arg(long, env = "NIXDELTA_NO_PURGE")]
+    pub no_purge: bool,
+    /// Purge entries under these key prefixes instead (repeatable; other
+    /// tools' entries too, e.g. an old cache-nix-action prefix).
+    #[arg(long = "purge-prefix", value_name = "PREFIX")]
+    pub purge_prefixes: Vec<String>,
+    /// Only entries created at least AGE ago (seconds, or ISO 8601 such as
+    /// P1DT12H).
+    #[arg(long, value_name = "AGE")]
+    pub purge_created_before: Option<String>,
+    /// Only entries last used at least AGE ago.
+    #[arg(long, value_name = "AGE")]
+    pub purge_last_accessed_before: Option<String>,
+}
+
+impl PurgeArgs {
+    pub(super) fn config(&self) -> Result<nixdelta::job::purge::PurgeConfig> {
+        use nixdelta::archive::github_purge::{parse_age, PurgeOptions};
+        let age =
+            |flag: &str, v: &Option<String>| v.as_deref().map(|v| parse_age(flag, v)).transpose();
+        let token = ["NIXDELTA_GITHUB_TOKEN", "GITHUB_TOKEN"]
+            .iter()
+            .find_map(|v| std::env::var(v).ok().filter(|t| !t.trim().is_empty()))
+            .map(nixdelta::secret::Secret::new);
+        Ok(nixdelta::job::purge::PurgeConfig {
+            options: PurgeOptions {
+                enabled: !self.no_purge,
+                prefixes: self.purge_prefixes.clone(),
+                created_before: age("--purge-created-before", &self.purge_created_before)?,
+                last_accessed_before: age(
+                    "--purge-last-accessed-before",
+                    &self.purge_last_accessed_before,
+                )?,
+            },
+            token,
+        })
+    }
 }
 
 impl ArchiveArgs {

@@ -30,6 +30,8 @@ pub struct JobConfig {
     pub state_dir: Option<PathBuf>,
     /// Telling this job's paths from other jobs' on a shared store.
     pub scope: super::scope::ScopeConfig,
+    /// GitHub cache housekeeping after the saves.
+    pub purge: super::purge::PurgeConfig,
     /// Cache faults fail the job instead of warning.
     pub strict: bool,
 }

@@ -25,6 +25,10 @@ const SECRETS: &[(&str, &str)] = &[
         "cache-token",
         "use the NIXDELTA_CACHE_TOKEN environment variable (a CI secret) or netrc-file instead",
     ),
+    (
+        "github-token",
+        "the action's github-token input (default: the job's token) or $NIXDELTA_GITHUB_TOKEN gives it",
+    ),
 ];
 
 /// Every key of the file. Scalars take strings and numbers; lists take a
@@ -79,11 +83,18 @@ pub struct ConfigFile {
     pub strict: Option<bool>,
     pub keep_failed: Option<bool>,
     pub keep_failed_max: Option<Scalar>,
+    // GitHub cache housekeeping.
+    pub purge: Option<bool>,
+    pub purge_prefixes: Option<List>,
+    pub purge_created_before: Option<Scalar>,
+    pub purge_last_accessed_before: Option<Scalar>,
     // Refused (see `SECRETS`); accepted by the parser only to say so.
     #[serde(skip_serializing)]
     pub secret_key: Option<de::IgnoredAny>,
     #[serde(skip_serializing)]
     pub cache_token: Option<de::IgnoredAny>,
+    #[serde(skip_serializing)]
+    pub github_token: Option<de::IgnoredAny>,
 }
 
 /// A string value (a number is taken as written).
@@ -201,8 +212,13 @@ impl ConfigFile {
             strict: b,
             keep_failed: b,
             keep_failed_max: s(),
+            purge: b,
+            purge_prefixes: l(),
+            purge_created_before: s(),
+            purge_last_accessed_before: s(),
             secret_key: None,
             cache_token: None,
+            github_token: None,
         }
     }
 }
@@ -242,6 +258,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Loaded> {
     for (key, instead) in SECRETS {
         let set = match *key {
             "secret-key" => file.secret_key.is_some(),
+            "github-token" => file.github_token.is_some(),
             _ => file.cache_token.is_some(),
         };
         if set {
@@ -463,7 +480,7 @@ mod tests {
         assert!(k.contains(&"binary-cache".to_string()));
         assert!(k.contains(&"keep-failed-max".to_string()));
         assert!(!k.contains(&"secret-key".to_string()));
-        assert_eq!(k.len(), 42, "{k:?}");
+        assert_eq!(k.len(), 46, "{k:?}");
     }
 
     /// The README's example is a valid file that sets every key.

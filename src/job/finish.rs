@@ -6,6 +6,7 @@
 
 use std::path::Path;
 
+use crate::archive::github_purge::PurgeReport;
 use crate::archive::SaveReport;
 use crate::error::{Error, Result};
 use crate::pipeline::closure::{self, Mode};
@@ -46,6 +47,8 @@ pub struct Finished {
     pub faults: Vec<(Step, Error)>,
     /// Job scoping, when other jobs shared the store meanwhile.
     pub scope: Option<ScopeFacts>,
+    /// GitHub cache housekeeping after the saves.
+    pub purge: Option<PurgeReport>,
 }
 
 /// The job's store, its diff and its filters, computed once.
@@ -155,8 +158,15 @@ fn push_candidates<'a>(cfg: &JobConfig, p: &'a Prepared) -> Result<(Candidates<'
     Ok((c, filters))
 }
 
-/// Push, warm manifest, then archive save.
+/// Push, warm manifest, archive save, then the Actions cache's housekeeping.
 pub fn finish(cfg: &JobConfig, st: &State, obs: &dyn Observer) -> Result<Finished> {
+    let mut done = finish_steps(cfg, st, obs)?;
+    let saves: Vec<_> = done.saved.iter().chain(&done.eval_saved).collect();
+    done.purge = super::purge::after_saves(cfg, &saves, obs);
+    Ok(done)
+}
+
+fn finish_steps(cfg: &JobConfig, st: &State, obs: &dyn Observer) -> Result<Finished> {
     same_store(st, cfg.store.absolute().root())?;
     // The background uploader drains first: what it pushed is not asked again.
     let watched = cfg
@@ -185,6 +195,7 @@ pub fn finish(cfg: &JobConfig, st: &State, obs: &dyn Observer) -> Result<Finishe
         eval_saved: None,
         faults: Vec::new(),
         scope: None,
+        purge: None,
     };
     let prepared = prepare(cfg, st, facts.as_ref());
     if let Ok(p) = &prepared {

@@ -12,6 +12,7 @@ pub mod finish;
 pub mod key;
 pub mod keys;
 pub mod observer;
+pub mod purge;
 pub mod push;
 pub mod read;
 pub mod restore;

@@ -31,12 +31,12 @@ pub struct Window {
 
 impl Window {
     pub fn contains(&self, id: i64) -> bool {
-        id > self.start && self.end.map_or(true, |e| id <= e)
+        id > self.start && self.end.is_none_or(|e| id <= e)
     }
 
     /// Whether two windows share an id.
     pub fn overlaps(&self, other: &Window) -> bool {
-        let ends_after = |w: &Window, start: i64| w.end.map_or(true, |e| e > start);
+        let ends_after = |w: &Window, start: i64| w.end.is_none_or(|e| e > start);
         ends_after(self, other.start) && ends_after(other, self.start)
     }
 }

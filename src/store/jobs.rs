@@ -92,7 +92,7 @@ pub fn list(dir: &Path) -> Vec<JobEntry> {
     let mut out = Vec::new();
     for f in rd.flatten() {
         let p = f.path();
-        if p.extension().map_or(true, |x| x != "json") {
+        if p.extension().is_none_or(|x| x != "json") {
             continue;
         }
         let Some(e) = std::fs::read(&p)

@@ -168,7 +168,7 @@ fn backend_down_is_a_clear_error() {
 // ------------------------------------------------------------------ v2
 
 /// `@actions/cache` installed with npm (once, cached across runs).
-fn actions_cache_client() -> PathBuf {
+pub(crate) fn actions_cache_client() -> PathBuf {
     let dir = std::env::var_os("NIXDELTA_TEST_NPM_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| {

@@ -24,6 +24,7 @@ mod key_eval;
 mod matrix;
 mod passthrough;
 mod progress;
+mod purge;
 mod push;
 mod read_side;
 mod shared_store;

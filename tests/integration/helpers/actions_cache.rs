@@ -13,18 +13,23 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 #[derive(Default)]
-struct Entry {
-    key: String,
-    version: String,
-    blob: String,
-    committed: bool,
-    seq: u64,
+pub(super) struct Entry {
+    pub(super) key: String,
+    pub(super) version: String,
+    pub(super) blob: String,
+    pub(super) committed: bool,
+    pub(super) seq: u64,
+    /// The ref the entry is scoped to, and its times (seconds since the
+    /// epoch), as GitHub's REST API lists them.
+    pub(super) git_ref: String,
+    pub(super) created: i64,
+    pub(super) accessed: i64,
 }
 
 #[derive(Default)]
-struct State {
-    entries: Vec<Entry>,
-    blobs: HashMap<String, Vec<u8>>,
+pub(super) struct State {
+    pub(super) entries: Vec<Entry>,
+    pub(super) blobs: HashMap<String, Vec<u8>>,
     blocks: HashMap<(String, String), Vec<u8>>,
     /// The upload id of each blob's first block.
     block_prefix: HashMap<String, String>,
@@ -32,9 +37,13 @@ struct State {
     ignore_range: bool,
     /// Refuse every block (a storage outage).
     refuse_blocks: bool,
-    seq: u64,
+    pub(super) seq: u64,
     /// (method, path) of every request, for assertions.
-    log: Vec<String>,
+    pub(super) log: Vec<String>,
+    /// The ref of the job the runtime token belongs to (new entries'
+    /// scope), and the REST API's token and permissions.
+    pub(super) job_ref: String,
+    pub(super) rest: super::github_rest::RestAuth,
 }
 
 /// A test server that speaks the real twirp JSON wire protocol of
@@ -56,7 +65,11 @@ impl TwirpCacheTestServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
-        let state: Arc<Mutex<State>> = Arc::default();
+        let state: Arc<Mutex<State>> = Arc::new(Mutex::new(State {
+            job_ref: "refs/heads/main".into(),
+            rest: super::github_rest::RestAuth::default(),
+            ..State::default()
+        }));
         let stop = Arc::new(AtomicBool::new(false));
         let token = "test-runtime-token".to_string();
         let (s, st, tok) = (state.clone(), stop.clone(), token.clone());
@@ -95,6 +108,11 @@ impl TwirpCacheTestServer {
     pub fn refuse_blocks(&self, on: bool) {
         self.state.lock().unwrap().refuse_blocks = on;
     }
+
+    /// The state, for the REST API's test methods (github_rest.rs).
+    pub(super) fn state(&self) -> &Mutex<State> {
+        &self.state
+    }
 }
 
 impl Drop for TwirpCacheTestServer {
@@ -106,12 +124,12 @@ impl Drop for TwirpCacheTestServer {
     }
 }
 
-struct Request {
-    method: String,
-    path: String,
-    query: HashMap<String, String>,
-    headers: HashMap<String, String>,
-    body: Vec<u8>,
+pub(super) struct Request {
+    pub(super) method: String,
+    pub(super) path: String,
+    pub(super) query: HashMap<String, String>,
+    pub(super) headers: HashMap<String, String>,
+    pub(super) body: Vec<u8>,
 }
 
 fn read_request(r: &mut BufReader<TcpStream>) -> Option<Request> {
@@ -175,7 +193,7 @@ fn read_request(r: &mut BufReader<TcpStream>) -> Option<Request> {
     })
 }
 
-fn percent_decode(s: &str) -> String {
+pub(super) fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
@@ -193,10 +211,13 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn respond(w: &mut TcpStream, status: u16, headers: &[(&str, String)], body: &[u8]) {
+pub(super) fn respond(w: &mut TcpStream, status: u16, headers: &[(&str, String)], body: &[u8]) {
     let reason = match status {
         200 => "OK",
         201 => "Created",
+        204 => "No Content",
+        400 => "Bad Request",
+        403 => "Forbidden",
         206 => "Partial Content",
         401 => "Unauthorized",
         404 => "Not Found",
@@ -244,13 +265,15 @@ fn serve_conn(conn: TcpStream, port: u16, token: &str, state: &Mutex<State>, sto
             twirp(&mut w, method, &req, port, token, state);
         } else if req.path.starts_with("/devstoreaccount1/actions-cache/") {
             blob(&mut w, &req, state);
+        } else if req.path.starts_with("/repos/") || req.path.starts_with("/repositories/") {
+            super::github_rest::serve(&mut w, &req, port, state);
         } else {
             respond(&mut w, 404, &[], b"not found");
         }
     }
 }
 
-fn json_resp(w: &mut TcpStream, status: u16, v: serde_json::Value) {
+pub(super) fn json_resp(w: &mut TcpStream, status: u16, v: serde_json::Value) {
     respond(
         w,
         status,
@@ -323,12 +346,17 @@ fn twirp(
             st.seq += 1;
             let blob = format!("blob-{}", st.seq);
             let seq = st.seq;
+            let now = super::github_rest::now();
+            let git_ref = st.job_ref.clone();
             st.entries.push(Entry {
                 key,
                 version,
                 blob: blob.clone(),
                 committed: false,
                 seq,
+                git_ref,
+                created: now,
+                accessed: now,
             });
             json_resp(w, 200, json!({"ok": true, "signedUploadUrl": url(&blob)}))
         }

@@ -4,6 +4,7 @@
 //! GitHub Actions cache service, which cannot run here).
 
 pub mod actions_cache;
+pub mod github_rest;
 pub mod proxy;
 pub mod servers;
 pub mod store;
