@@ -437,3 +437,123 @@ fn a_non_root_job_restores_directly_as_root_by_sudo() {
         assert!(!stderr(&v).contains("error"), "{name}: {}", show(&v));
     }
 }
+
+/// keep-failed on a daemon: the job's user (untrusted, not root) runs
+/// `start --keep-failed`; its build, done by the daemon, fails in its
+/// install phase and the daemon keeps the tree in its temp dir, part of it
+/// readable by root only. `finish` without `sudo -n` says what it left out;
+/// with it, streams the tree with `sudo -n tar`, packs it (no archive: a
+/// file on this machine)
+/// and the printed `failed-tree fetch` shows the files, the private ones too.
+#[test]
+fn keep_failed_collects_the_daemon_s_build_tree_through_sudo() {
+    if unsafe { libc::getuid() } != 0 || which("nix-daemon").is_none() || which("sudo").is_none() {
+        panic!("needs root, nix-daemon and sudo (scripts/setup.sh installs them)");
+    }
+    let _serial = sudo_tests();
+    let env = Env::new();
+    std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let d = NixDaemon::start(&env.path("daemon"));
+    let home = env.path("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let (uid, gid) = job_user();
+    std::os::unix::fs::chown(&home, Some(uid), Some(gid)).unwrap();
+    let env_file = home.join("job.env");
+    let out = as_job(&d, &home, nixdelta_bin())
+        .args(["start", "--keep-failed", "--archive", "none"])
+        .arg("--state-dir")
+        .arg(home.join("state"))
+        .env("NIXDELTA_ENV_FILE", &env_file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    let text = std::fs::read_to_string(&env_file).unwrap();
+    let vars: Vec<(String, String)> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("export "))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
+        .collect();
+    let b = as_job(&d, &home, "nix-build")
+        .arg(example("fails-in-install.nix"))
+        .args([
+            "--argstr",
+            "salt",
+            &format!("daemon-{}", std::process::id()),
+        ])
+        .arg("--no-out-link")
+        .envs(vars)
+        .output()
+        .unwrap();
+    assert!(!b.status.success(), "{}", show(&b));
+    let kept = stderr(&b)
+        .lines()
+        .find_map(|l| l.split("keeping build directory '").nth(1))
+        .and_then(|l| l.split('\'').next())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("the daemon kept no tree: {}", show(&b)));
+    // Removed at the end, whatever happens.
+    struct Gone(PathBuf);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _gone = Gone(kept.clone());
+    assert_eq!(
+        kept.parent(),
+        Some(Path::new("/tmp")),
+        "the daemon builds in its TMPDIR, here the test's: run the tests without TMPDIR"
+    );
+    let finish = || {
+        as_job(&d, &home, nixdelta_bin())
+            .arg("finish")
+            .arg("--state-dir")
+            .arg(home.join("state"))
+            .output()
+            .unwrap()
+    };
+    // No sudo: the tree is not readable whole, and finish says why.
+    let out = finish();
+    assert!(out.status.success(), "{}", show(&out));
+    let err = stderr(&out);
+    assert!(err.contains("keep-failed: left out"), "{err}");
+    assert!(err.contains("`sudo -n` refused"), "{err}");
+    assert!(!err.contains("kept 1 failed build trees"), "{err}");
+
+    let _sudo = Sudoers::grant("keep-failed");
+    let out = finish();
+    assert!(out.status.success(), "{}", show(&out));
+    let err = stderr(&out);
+    assert!(err.contains("kept 1 failed build trees"), "{err}");
+    let fetch = err
+        .lines()
+        .find_map(|l| l.split("Fetch them: ").nth(1))
+        .and_then(|l| l.split(" ; ").next())
+        .expect("the fetch command")
+        .to_string();
+    let args: Vec<&str> = fetch.split_whitespace().collect();
+    assert_eq!(
+        args[..4],
+        ["nixdelta", "failed-tree", "fetch", "--file"],
+        "{fetch}"
+    );
+    let packed = PathBuf::from(args[4]);
+    let fresh = env.path("fresh");
+    std::fs::create_dir_all(&fresh).unwrap();
+    ok(nixdelta()
+        .current_dir(&fresh)
+        .args(["failed-tree", "fetch", "--file"])
+        .arg(&packed)
+        .args(["--out", "./failed-tree"]));
+    let _ = std::fs::remove_file(&packed);
+    let tree = fresh.join("failed-tree").join(kept.file_name().unwrap());
+    assert_eq!(
+        std::fs::read_to_string(tree.join("install-progress.txt")).unwrap(),
+        "copied 1 of 2 files\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(tree.join("private/notes")).unwrap(),
+        "the build user's\n"
+    );
+}
