@@ -68,9 +68,25 @@ struct Stored {
 const OUT: &str = "./failed-tree";
 
 /// Collects, packs and stores the trees kept since `ask.since`.
-pub fn keep(cfg: &JobConfig, ask: Ask, fallback_label: &str) {
+pub fn keep(cfg: &JobConfig, ask: Ask, st: Option<&State>, fallback_label: &str) {
     let fe = ci::frontend();
-    let trees = job::failed::collect_in(&job::failed::build_dirs(&cfg.store), ask.since);
+    let mut trees = job::failed::collect_in(&job::failed::build_dirs(&cfg.store), ask.since);
+    // A daemon builds other jobs too: only this job's derivations' trees.
+    if let Some(st) = st {
+        let drvs = job::failed::job_drvs(&cfg.store, st);
+        let tmp = std::env::temp_dir();
+        // A daemon without TMPDIR builds in /tmp: the job's temp dir then
+        // holds every job's trees.
+        let shared = nixdelta::store::daemon::in_use(&cfg.store) && tmp == Path::new("/tmp");
+        let own = (!shared).then_some(tmp.as_path());
+        let (kept, dropped) = job::failed::own_trees(trees, own, &drvs);
+        if dropped > 0 {
+            fe.notice(&format!(
+                "keep-failed: left out {dropped} kept build tree(s) of derivations this job did not evaluate (another job's on this daemon)"
+            ));
+        }
+        trees = kept;
+    }
     if trees.is_empty() {
         eprintln!(
             "nixdelta: keep-failed: no build directory was kept (no build failed, or the failure was not in a build)"

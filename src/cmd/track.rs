@@ -280,7 +280,7 @@ pub fn finish(
     unconfigure(&dir, args.dry_run);
     // Before the push: a failed job's trees matter more than its cache.
     if let Some(ask) = keep_failed::asked(&st) {
-        keep_failed::keep(&cfg, ask, "job");
+        keep_failed::keep(&cfg, ask, Some(&st), "job");
     }
     if !in_ci || args.json {
         let out = std::io::stdout();
@@ -377,7 +377,7 @@ pub fn run(
             since: started_at,
             cap: keep_cap.0,
         };
-        keep_failed::keep(&cfg, ask, "run");
+        keep_failed::keep(&cfg, ask, st.as_ref(), "run");
     }
     let Some(st) = st else { return Ok(code) };
     if code != 0 {

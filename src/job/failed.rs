@@ -75,6 +75,51 @@ pub fn collect_in(dirs: &[PathBuf], since: u64) -> Vec<PathBuf> {
     out
 }
 
+/// The derivation a kept tree was built from: `nix-build-hello.drv-0` →
+/// `hello.drv`.
+fn tree_drv(tree: &Path) -> Option<String> {
+    let name = tree.file_name()?.to_str()?.strip_prefix("nix-build-")?;
+    let (drv, n) = name.rsplit_once('-')?;
+    (drv.ends_with(".drv") && n.chars().all(|c| c.is_ascii_digit())).then(|| drv.to_string())
+}
+
+/// The names (`hello.drv`) of the derivations in the job's store diff.
+pub fn job_drvs(store: &StoreSpec, st: &crate::pipeline::snapshot::State) -> Vec<String> {
+    let Ok(store) = crate::store::Store::open(store) else {
+        return Vec::new();
+    };
+    crate::pipeline::diff::diff(&store, st)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|i| i.path.is_derivation())
+        .map(|i| i.path.name().to_string())
+        .collect()
+}
+
+/// On a daemon's build dirs, which other jobs' builds share: only the
+/// trees of derivations this job evaluated (`job_drvs`, the names of the
+/// `.drv` paths in its store diff) are its own. Trees in the job's own
+/// temp dir (`own`, unless a daemon builds there too) are always its own.
+/// Names carry no hash, so a same-named derivation of another job still
+/// matches: a narrowing, not a proof. Returns the kept trees and how many
+/// were left out.
+pub fn own_trees(
+    trees: Vec<PathBuf>,
+    own: Option<&Path>,
+    job_drvs: &[String],
+) -> (Vec<PathBuf>, usize) {
+    let before = trees.len();
+    let kept: Vec<PathBuf> = trees
+        .into_iter()
+        .filter(|t| {
+            (own.is_some() && t.parent() == own)
+                || tree_drv(t).is_some_and(|d| job_drvs.contains(&d))
+        })
+        .collect();
+    let dropped = before - kept.len();
+    (kept, dropped)
+}
+
 /// Trees this process cannot read whole (a daemon's, owned by its build
 /// users) are streamed by `sudo -n tar` as root; when `sudo -n` is refused
 /// they are left out, with the reason. Nothing is copied to disk first.
@@ -255,6 +300,32 @@ mod tests {
         let now = crate::store::jobs::now();
         assert_eq!(collect_in(&dirs, now - 5), vec![a, b]);
         assert!(collect_in(&dirs, now + 5).is_empty());
+    }
+
+    #[test]
+    fn only_this_job_s_derivations_count_in_a_daemon_s_dirs() {
+        let own = Path::new("/tmp/job-tmp");
+        let trees = vec![
+            own.join("nix-build-anything.drv-0"),
+            PathBuf::from("/tmp/nix-build-mine.drv-0"),
+            PathBuf::from("/tmp/nix-build-mine.drv-12"),
+            PathBuf::from("/tmp/nix-build-other-job.drv-0"),
+            PathBuf::from("/tmp/nix-build-mine.drv-x"),
+        ];
+        let (kept, dropped) = own_trees(trees.clone(), Some(own), &["mine.drv".to_string()]);
+        assert_eq!(
+            kept,
+            [
+                own.join("nix-build-anything.drv-0"),
+                PathBuf::from("/tmp/nix-build-mine.drv-0"),
+                PathBuf::from("/tmp/nix-build-mine.drv-12"),
+            ]
+        );
+        assert_eq!(dropped, 2);
+        // The job's temp dir is the daemon's too: no tree is its own by place.
+        let (kept, dropped) = own_trees(trees, None, &["mine.drv".to_string()]);
+        assert_eq!(kept.len(), 2);
+        assert_eq!(dropped, 3);
     }
 
     #[test]

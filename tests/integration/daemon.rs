@@ -59,7 +59,19 @@ impl NixDaemon {
                 pid = pid.display(),
             ),
         );
-        ok(&mut Command::new(&restart));
+        // A script just written can be "busy" while another test's fork
+        // still holds its descriptor (until that child execs): retry.
+        for i in 0.. {
+            match Command::new(&restart).status() {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && i < 100 => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                r => {
+                    assert!(r.unwrap().success(), "{} failed", restart.display());
+                    break;
+                }
+            }
+        }
         let d = NixDaemon {
             dir: dir.to_path_buf(),
             restart,
@@ -393,6 +405,11 @@ fn a_non_root_job_restores_directly_as_root_by_sudo() {
     let _sudo = Sudoers::grant("direct");
     for (name, how) in [("auto", "local"), ("asked", "url")] {
         let d = NixDaemon::start(&env.path(name));
+        ok(Command::new("nix-store")
+            .env("NIX_CONFIG", NIX_CONFIG)
+            .arg("--store")
+            .arg(d.store())
+            .arg("--init"));
         let store = match how {
             "local" => format!("local?root={}", d.store().display()),
             _ => format!(
@@ -459,7 +476,15 @@ fn keep_failed_collects_the_daemon_s_build_tree_through_sudo() {
     let (uid, gid) = job_user();
     std::os::unix::fs::chown(&home, Some(uid), Some(gid)).unwrap();
     let env_file = home.join("job.env");
+    // nixdelta reads the daemon's own store: its diff names the job's
+    // derivations, whose trees alone are the job's.
+    let url = format!(
+        "unix://{}?root={}",
+        d.socket().display(),
+        d.store().display()
+    );
     let out = as_job(&d, &home, nixdelta_bin())
+        .args(["--store", &url])
         .args(["start", "--keep-failed", "--archive", "none"])
         .arg("--state-dir")
         .arg(home.join("state"))
@@ -507,6 +532,7 @@ fn keep_failed_collects_the_daemon_s_build_tree_through_sudo() {
     );
     let finish = || {
         as_job(&d, &home, nixdelta_bin())
+            .args(["--store", &url])
             .arg("finish")
             .arg("--state-dir")
             .arg(home.join("state"))
