@@ -275,6 +275,12 @@ command_env() {
   has "nixdelta: warning: no nixdelta binary: start skipped"
   BUILDKITE_PLUGIN_NIXDELTA_STRICT=true run "$PLUGIN/hooks/pre-command"
   [[ "$status" -ne 0 ]]
+  # Strict from the checkout's nixdelta.yml alone fails too.
+  printf '# the team wants to know\nstrict: true  # fail on cache errors\n' >nixdelta.yml
+  run "$PLUGIN/hooks/pre-command"
+  [[ "$status" -ne 0 ]]
+  has "no nixdelta binary; failing (strict)"
+  rm nixdelta.yml
 
   # A release served on 127.0.0.1: the manifest pins its sha256.
   target=$(uname -m)-unknown-linux-musl

@@ -476,6 +476,15 @@ fn shim_checks_shipped_and_downloaded_binaries_against_the_manifest() {
         out.contains("status Some(1)") && out.contains("::error"),
         "{out}"
     );
+    // Strict from the checkout's nixdelta.yml alone (no binary to ask).
+    let yml = env.path("nixdelta.yml");
+    std::fs::write(&yml, "archive: none\nstrict: true # fail on cache errors\n").unwrap();
+    let cfg = [("NIXDELTA_CONFIG", yml.display().to_string())];
+    let out = node_shim(&env, &action, "main.js", &cfg);
+    assert!(
+        out.contains("status Some(1)") && out.contains("::error"),
+        "{out}"
+    );
     std::fs::remove_file(&bin).unwrap();
 
     // Not shipped: downloaded from the release (GITHUB_SERVER_URL, as on
