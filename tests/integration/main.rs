@@ -16,6 +16,7 @@ mod closure;
 mod config_file;
 mod daemon;
 mod docs;
+mod docs_run;
 mod env_archive;
 mod errors;
 mod hardening;
