@@ -17,6 +17,7 @@ mod config_file;
 mod daemon;
 mod docs;
 mod docs_run;
+mod docs_run_ci;
 mod env_archive;
 mod errors;
 mod hardening;
