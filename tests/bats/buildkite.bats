@@ -212,6 +212,12 @@ command_env() {
   has "| uploaded | 5 |"
   hasnt "uploaded during the build"
   ls "$T/cache"/*.narinfo | xargs grep -l -- '-fib-3$' >/dev/null
+  # strict from the file alone (not the plugin's option) fails the hook on
+  # a cache error: the binary reads it and the hook passes its status on.
+  printf 'archive: dir:/dev/null/no-archive\nstrict: true\n' >nixdelta.yml
+  run "$PLUGIN/hooks/pre-command"
+  [[ "$status" -ne 0 ]]
+  has "cannot list: Not a directory"
 }
 
 @test "watch: pre-command leaves a background uploader that pushes during the command; post-command drains it" {

