@@ -40,6 +40,13 @@ fi
 if [ ! -f "$NPM_DIR/node_modules/@octokit/rest/package.json" ]; then
   (cd "$NPM_DIR" && npm install --no-audit --no-fund --silent '@octokit/rest@^22')
 fi
+# @actions/artifact: the official v4 artifact client downloads what
+# keep-failed uploaded to act's artifact server (tests/integration/ci_github.rs).
+if [ ! -f "$NPM_DIR/node_modules/@actions/artifact/package.json" ]; then
+  mkdir -p "$NPM_DIR"
+  [ -f "$NPM_DIR/package.json" ] || echo '{"name":"nixdelta-test","private":true}' > "$NPM_DIR/package.json"
+  (cd "$NPM_DIR" && npm install --no-audit --no-fund --silent '@actions/artifact@^2')
+fi
 
 # CI front-end tests (issue 6, tests/integration/ci_*.rs, tests/bats/):
 #   bats runs the Buildkite hooks; rsync is gitlab-ci-local's; act (above)

@@ -249,7 +249,7 @@ store archive saved on a key miss or a partial hit.",
         #[command(flatten)]
         args: cmd::key::KeyArgs,
     },
-    /// The build trees `run --keep-failed` saved from a failed build.
+    /// The build trees `--keep-failed` kept from a failed build.
     FailedTree {
         #[command(subcommand)]
         cmd: cmd::failed::FailedTreeCommand,

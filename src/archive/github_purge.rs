@@ -423,12 +423,20 @@ fn warning(what: &str, f: &Failure, permission: &str) -> String {
 pub fn run(client: &Client, reqs: &[PurgeRequest<'_>], opts: &PurgeOptions) -> PurgeReport {
     let mut report = PurgeReport::default();
     if opts.enabled {
-        if let Err(f) = purge(client, reqs, opts, &mut report) {
-            report.warning = Some(warning("delete superseded caches", &f, "write"));
+        match purge(client, reqs, opts, &mut report) {
+            // Gitea's and Forgejo's runners set GITHUB_API_URL to an API
+            // without these routes: nothing to keep there, and no warning.
+            Err(f) if f.status == 404 && report.deleted.is_empty() => {
+                tracing::info!("no Actions cache REST API at {}", client.repo.api_url);
+                return report;
+            }
+            Err(f) => report.warning = Some(warning("delete superseded caches", &f, "write")),
+            Ok(()) => {}
         }
     }
     match client.usage() {
         Ok(u) => report.usage = Some(u),
+        Err(f) if f.status == 404 => {}
         Err(f) if report.warning.is_none() => {
             report.warning = Some(warning("read the cache usage", &f, "read"));
         }

@@ -7,6 +7,7 @@
 //! * [`restore`]: exact key, else the newest entry under each restore prefix
 //!   → streamed into the store by [`import`], verified before registration.
 
+pub mod artifact;
 pub mod dir;
 pub mod failed;
 pub mod github;

@@ -86,6 +86,26 @@ fn run_agent(args: &[&str], input: &str) -> bool {
     child.wait().is_ok_and(|s| s.success())
 }
 
+/// `buildkite-agent artifact upload FILE` run in `dir` (so the artifact's
+/// path is the file's name); the agent's complaint when it fails.
+pub fn artifact_upload(dir: &std::path::Path, file: &str) -> std::result::Result<(), String> {
+    let agent = agent().ok_or("no buildkite-agent on PATH")?;
+    let out = Command::new(agent)
+        .args(["artifact", "upload", file])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("buildkite-agent cannot run: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "buildkite-agent artifact upload failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
 impl Frontend for Buildkite {
     fn name(&self) -> &'static str {
         "buildkite"

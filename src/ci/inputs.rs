@@ -57,6 +57,9 @@ pub struct Inputs {
     pub key_from_eval: Vec<String>,
     /// `--env`: an environment archive of these shells.
     pub env: Vec<String>,
+    /// Keep failed builds' trees (`--keep-failed`) and their cap.
+    pub keep_failed: bool,
+    pub keep_failed_max: Option<String>,
     /// A bearer token for an http(s) cache (GitHub's `cache-token`).
     pub cache_token: Option<Secret<String>>,
     /// GitHub cache housekeeping after a save (`purge`, on unless `false`),
@@ -263,6 +266,8 @@ impl Inputs {
             },
             key_from_eval: split_words(src.list("key-from-eval")),
             env: split_words(src.list("env")),
+            keep_failed: parse_bool("keep-failed", src.get("keep-failed"))?,
+            keep_failed_max: src.get("keep-failed-max"),
             cache_token: None,
             purge: match src.get("purge").filter(|v| !v.trim().is_empty()) {
                 None => true,
@@ -356,6 +361,11 @@ impl Inputs {
         a.one("--jobs-dir", self.jobs_dir.as_deref());
         if step != Step::Finish {
             self.read_args(step, &mut a);
+            // finish knows it from start's state.
+            a.switch("--keep-failed", self.keep_failed);
+            if self.keep_failed {
+                a.one("--keep-failed-max", self.keep_failed_max.as_deref());
+            }
         }
         if step == Step::Start {
             // The uploader start leaves pushes as finish does: same filters.
@@ -486,7 +496,13 @@ mod tests {
                 "--state-dir=/tmp/s"
             ]
         );
+        i.keep_failed = true;
+        i.keep_failed_max = Some("1G".into());
+        let start = strs(&i.args(Step::Start, &[]));
+        assert!(start.contains(&"--keep-failed".to_string()), "{start:?}");
+        assert!(start.contains(&"--keep-failed-max=1G".to_string()));
         let finish = strs(&i.args(Step::Finish, &["--to=file:///mine".into()]));
+        assert!(!finish.iter().any(|a| a.starts_with("--keep-failed")));
         assert!(
             !finish.iter().any(|a| a.starts_with("--to")),
             "given: {finish:?}"

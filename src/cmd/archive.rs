@@ -79,6 +79,17 @@ pub enum ArchiveCommand {
         #[arg(long, value_name = "N")]
         jobs: Option<usize>,
     },
+    /// (Internal) the root side of the direct method by `sudo -n`: import
+    /// the archive on stdin directly, print the stats as JSON.
+    #[command(hide = true)]
+    ImportStream {
+        #[arg(long)]
+        what: String,
+        #[arg(long)]
+        expect_key: Option<String>,
+        #[arg(long, value_name = "N")]
+        jobs: Option<usize>,
+    },
 }
 
 fn cache_key(args: &KeyArgs, prefixes: &[String]) -> Result<CacheKey> {
@@ -185,6 +196,22 @@ pub fn run(store: &StoreSpec, cmd: ArchiveCommand) -> Result<i32> {
             println!("time: {:.2}s", r.seconds);
             Ok(exit::OK)
         }
+        ArchiveCommand::ImportStream {
+            what,
+            expect_key,
+            jobs,
+        } => {
+            let store = Store::open(store)?;
+            let mut opts = ImportOptions {
+                expect_key,
+                ..ImportOptions::default()
+            };
+            if let Some(j) = jobs {
+                opts.jobs = j.max(1);
+            }
+            nixdelta::store::import::serve_as_root(&store, &what, &opts)?;
+            Ok(exit::OK)
+        }
         ArchiveCommand::Restore {
             key,
             restore_prefixes,
@@ -192,9 +219,9 @@ pub fn run(store: &StoreSpec, cmd: ArchiveCommand) -> Result<i32> {
             jobs,
         } => {
             let k = cache_key(&key, &restore_prefixes)?;
-            check_method(store, method)?;
             Store::init(store)?;
             let store = Store::open(store)?;
+            check_method(&store, method)?;
             let backend = archive::open(&key.archive, key.read_only)?;
             let mut opts = ImportOptions {
                 method,
@@ -216,11 +243,7 @@ pub fn run(store: &StoreSpec, cmd: ArchiveCommand) -> Result<i32> {
             println!("result: {}", r.outcome);
             if r.matched_key.is_some() {
                 let i = &r.import;
-                let method = match i.method {
-                    Some(ImportMethod::Direct) => "direct",
-                    Some(ImportMethod::Import) => "nix-store --import",
-                    _ => "auto",
-                };
+                let method = i.method.unwrap_or_default().describe();
                 println!(
                     "paths: {} added, {} already valid, {} left out (missing references), {} in the archive",
                     i.added, i.present, i.skipped, i.in_archive

@@ -57,6 +57,7 @@ impl ReadArgs {
             extra_substituters: self.extra_substituters.clone(),
             extra_public_keys: self.extra_public_keys.clone(),
             configure_daemon: false,
+            keep_failed: false,
         }
     }
 }

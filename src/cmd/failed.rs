@@ -1,5 +1,6 @@
 //! `nixdelta failed-tree fetch`: a failed build's kept trees, back from
-//! the archive backend `run --keep-failed` saved them in.
+//! the archive backend `--keep-failed` saved them in, or from a CI
+//! artifact downloaded here.
 
 use std::path::PathBuf;
 
@@ -8,7 +9,7 @@ use nixdelta::error::{exit, Error, Result};
 #[derive(clap::Subcommand)]
 pub enum FailedTreeCommand {
     /// Fetch and unpack the build trees saved under KEY (or a
-    /// downloaded `.tar.zst` given with --file).
+    /// downloaded `.tar.zst`, or the GitHub artifact's zip, given with --file).
     Fetch {
         /// The archive backend (`dir:PATH`, `github`, `s3://…`).
         #[arg(long, value_name = "BACKEND", env = "NIXDELTA_ARCHIVE")]
@@ -16,7 +17,8 @@ pub enum FailedTreeCommand {
         /// The `failed-…` key the run printed.
         #[arg(long, required_unless_present = "file", conflicts_with = "file")]
         key: Option<String>,
-        /// A packed tree already on this machine (e.g. a downloaded CI artifact).
+        /// A packed tree already on this machine: a downloaded CI artifact
+        /// (the `.tar.zst`, or the zip GitHub serves it in).
         #[arg(long, value_name = "FILE")]
         file: Option<PathBuf>,
         /// Where to unpack them.

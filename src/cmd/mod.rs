@@ -5,6 +5,7 @@ pub mod common;
 pub mod config;
 pub mod configure;
 pub mod failed;
+pub mod keep_failed;
 pub mod key;
 pub mod keygen;
 pub mod progress;

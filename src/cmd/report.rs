@@ -153,6 +153,9 @@ pub fn restore_table(facts: &ArchiveFacts, r: Option<&RestoreReport>) -> Table {
                     mb(r.archive_bytes)
                 ),
             );
+            if let Some(m) = r.import.method {
+                t.row("method", m.describe());
+            }
         }
         t.row("time", secs(r.seconds));
     }

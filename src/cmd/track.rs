@@ -14,6 +14,7 @@ use nixdelta::pipeline::read_side::ReadSide;
 use nixdelta::pipeline::snapshot::State;
 
 use super::common::upload_options;
+use super::keep_failed;
 use super::report::{finish_summary, read_table, restore_table, Report};
 use super::track_args::{
     ArchiveArgs, ConfigureArgs, FinishArgs, KeepFailedArgs, StartArgs, StateArgs,
@@ -33,7 +34,10 @@ pub(super) fn start_config(store: &StoreSpec, args: &StartArgs) -> Result<JobCon
             upstream: f.upstream.clone(),
             ..PushConfig::default()
         },
-        read: args.configure.config(),
+        read: job::ReadConfig {
+            keep_failed: args.keep.keep_failed,
+            ..args.configure.config()
+        },
         scope: args.scope.config(),
         ..archive_config(store, &args.archive, args.strict)?
     })
@@ -169,14 +173,22 @@ pub fn start(store: &StoreSpec, args: &StartArgs) -> Result<i32> {
     if args.watch {
         check_watch(&cfg, args, &dir)?;
     }
+    let keep = keep_ask(&args.keep)?;
     // First: a bad key or URL fails before the restore, and the job reads
     // the cache even when the snapshot cannot be taken.
-    if let Some(side) = job::read::plan(&cfg, &env_var)? {
-        configure(&cfg, side, &dir, true)?;
+    match job::read::plan(&cfg, &env_var)? {
+        Some(side) => {
+            configure(&cfg, side, &dir, true)?;
+        }
+        None if keep.is_some() => export_keep_failed(&dir)?,
+        None => {}
     }
     let mut err = std::io::stderr();
-    let started = job::start(&cfg, &report(&mut err, false))?;
+    let mut started = job::start(&cfg, &report(&mut err, false))?;
     summarise_start(&started);
+    if let Some(ask) = keep {
+        keep_failed::mark(&mut started.state, ask);
+    }
     started.state.save(&dir)?;
     ci::frontend().save_state(ci::github::STATE_DIR, &dir.to_string_lossy());
     if args.watch {
@@ -207,6 +219,39 @@ pub fn start(store: &StoreSpec, args: &StartArgs) -> Result<i32> {
     Ok(exit::OK)
 }
 
+/// `--keep-failed`: trees made from now on are this job's.
+fn keep_ask(k: &KeepFailedArgs) -> Result<Option<keep_failed::Ask>> {
+    if !k.keep_failed {
+        return Ok(None);
+    }
+    let cap = nixdelta::size::Size::of_option("--keep-failed-max", &k.keep_failed_max)?;
+    Ok(Some(keep_failed::Ask {
+        since: nixdelta::store::jobs::now(),
+        cap: cap.0,
+    }))
+}
+
+/// `start --keep-failed` with no cache to read: a configuration of
+/// `keep-failed` alone, for the rest of the job.
+fn export_keep_failed(dir: &Path) -> Result<()> {
+    let fe = ci::frontend();
+    let env = job::read::write_keep_failed(dir, &env_var)?;
+    let mut exported = true;
+    for (k, v) in &env {
+        exported &= fe.export_env(k, v)?;
+    }
+    if exported {
+        eprintln!("nixdelta: keep-failed: the job's Nix keeps failed build directories");
+    } else {
+        let vars: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        eprintln!(
+            "nixdelta: keep-failed: for this shell's Nix to keep failed builds: export {}",
+            vars.join(" ")
+        );
+    }
+    Ok(())
+}
+
 /// `finish` as a command: the state from `start`, then [`finish_with`].
 pub fn finish(
     store: &StoreSpec,
@@ -233,6 +278,10 @@ pub fn finish(
     };
     eprintln!("nixdelta: state of start from {}", dir.display());
     unconfigure(&dir, args.dry_run);
+    // Before the push: a failed job's trees matter more than its cache.
+    if let Some(ask) = keep_failed::asked(&st) {
+        keep_failed::keep(&cfg, ask, "job");
+    }
     if !in_ci || args.json {
         let out = std::io::stdout();
         return finish_with(&cfg, &st, args.json, &mut out.lock());
@@ -324,7 +373,11 @@ pub fn run(
     }
     let code = run_command(command, &env)?;
     if code != 0 && keep.keep_failed {
-        keep_failed(&cfg, started_at, keep_cap.0);
+        let ask = keep_failed::Ask {
+            since: started_at,
+            cap: keep_cap.0,
+        };
+        keep_failed::keep(&cfg, ask, "run");
     }
     let Some(st) = st else { return Ok(code) };
     if code != 0 {
@@ -337,48 +390,6 @@ pub fn run(
             eprintln!("nixdelta: error: {e}");
             Ok(code)
         }
-    }
-}
-
-/// The build trees of the failed command: saved, and how to get them back.
-fn keep_failed(cfg: &JobConfig, since: u64, cap: u64) {
-    let fe = ci::frontend();
-    let trees = job::failed::collect(since);
-    if trees.is_empty() {
-        eprintln!(
-            "nixdelta: keep-failed: no build directory was kept (the failure was not in a build)"
-        );
-        return;
-    }
-    let list: Vec<String> = trees.iter().map(|t| t.display().to_string()).collect();
-    let Some(backend) = &cfg.archive.backend else {
-        fe.warning(&format!(
-            "keep-failed: {} build trees kept on this machine only (give --archive to store them): {}",
-            trees.len(),
-            list.join(" ")
-        ));
-        return;
-    };
-    match job::failed::save(backend, "run", trees, cap) {
-        Ok(k) => {
-            let cut = if k.packed.cut.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    "; {} files over the cap left out (listed in CUT.txt)",
-                    k.packed.cut.len()
-                )
-            };
-            fe.notice(&format!(
-                "kept {} failed build trees ({} files, {}{cut}). Fetch them: nixdelta failed-tree fetch --archive {} --key {} --out ./failed-tree ; then, in the tree, `nix develop <the .drv>` and run the remaining phases by hand (e.g. `runPhase installPhase`), or add `breakpointHook` to nativeBuildInputs to stop in the failing build",
-                k.trees.len(),
-                k.packed.files,
-                nixdelta::pipeline::summary::mb(k.packed.bytes),
-                k.backend,
-                k.key
-            ));
-        }
-        Err(e) => fe.warning(&format!("keep-failed: build trees NOT saved: {e}")),
     }
 }
 

@@ -205,6 +205,8 @@ pub struct StartArgs {
     /// Fail (non-zero exit) when the archive cannot be restored.
     #[arg(long, env = "NIXDELTA_STRICT")]
     pub strict: bool,
+    #[command(flatten)]
+    pub keep: KeepFailedArgs,
 }
 
 #[derive(clap::Args, Clone, Debug)]
@@ -324,12 +326,14 @@ impl ArchiveArgs {
     }
 }
 
-/// `run --keep-failed`: the build trees of a failed build, kept and stored.
+/// `run --keep-failed` / `start --keep-failed`: the build trees of a
+/// failed build, kept and stored (by `run`, or by `finish`).
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct KeepFailedArgs {
-    /// Run the command's Nix with `keep-failed`; when it fails, pack the
-    /// build directories Nix kept and save them in the --archive backend
-    /// (key `failed-…`), with the command that fetches them.
+    /// Run the job's Nix with `keep-failed`; the build directories Nix
+    /// kept (after `run`'s command fails, or at `finish`) are packed and
+    /// stored: a CI artifact in CI, else the --archive backend (key
+    /// `failed-…`), with the command that fetches them.
     #[arg(long, env = "NIXDELTA_KEEP_FAILED")]
     pub keep_failed: bool,
     /// At most this much of their files (the rest is listed in CUT.txt).

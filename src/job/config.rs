@@ -250,4 +250,6 @@ pub struct ReadConfig {
     pub extra_public_keys: Vec<String>,
     /// Add what a Nix daemon lacks to its `nix.conf` and restart it.
     pub configure_daemon: bool,
+    /// `keep-failed = true` for the job's Nix (`--keep-failed`).
+    pub keep_failed: bool,
 }

@@ -183,7 +183,10 @@ pub fn write(cfg: &JobConfig, side: ReadSide, dir: &Path, env: Env) -> Result<Co
     let netrc_str = netrc_file
         .as_ref()
         .map(|f| f.to_string_lossy().into_owned());
-    let conf = side.nix_conf(netrc_str.as_deref());
+    let mut conf = side.nix_conf(netrc_str.as_deref());
+    if cfg.read.keep_failed {
+        conf.push_str(KEEP_FAILED);
+    }
     std::fs::write(&conf_file, conf).map_err(|e| io(&conf_file, e))?;
     let files = user_conf_files(&conf_file.to_string_lossy(), env);
     let daemon = check_daemon(cfg, &side)?;
@@ -195,6 +198,22 @@ pub fn write(cfg: &JobConfig, side: ReadSide, dir: &Path, env: Env) -> Result<Co
         secrets,
         daemon,
     })
+}
+
+/// What `--keep-failed` adds to the job's Nix configuration. Not a list
+/// setting, so the user's own files (read after ours) could still turn it
+/// off; their `NIX_CONFIG` too.
+const KEEP_FAILED: &str =
+    "# nixdelta --keep-failed: failed builds leave their build directory\nkeep-failed = true\n";
+
+/// `--keep-failed` without a cache to read: a configuration of that one
+/// setting, and the environment that makes the job's Nix read it.
+pub fn write_keep_failed(dir: &Path, env: Env) -> Result<Vec<(String, String)>> {
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    let conf_file = dir.join(CONF_FILE);
+    std::fs::write(&conf_file, KEEP_FAILED).map_err(|e| io(&conf_file, e))?;
+    let files = user_conf_files(&conf_file.to_string_lossy(), env);
+    Ok(vec![("NIX_USER_CONF_FILES".to_string(), files)])
 }
 
 /// How the daemon (when the job's Nix uses one) treats the read side;
@@ -339,6 +358,15 @@ mod tests {
         );
         remove(dir.path());
         assert!(!netrc.exists() && !done.conf_file.exists());
+        assert!(!conf.contains("keep-failed"));
+        // --keep-failed: the same file, one setting more.
+        let mut c = c;
+        c.read.keep_failed = true;
+        let side = plan(&c, &env).unwrap().unwrap();
+        let done = write(&c, side, dir.path(), &env).unwrap();
+        let conf = std::fs::read_to_string(&done.conf_file).unwrap();
+        assert!(conf.contains("extra-substituters = https://cache.example.org\n"));
+        assert!(conf.contains("\nkeep-failed = true\n"), "{conf}");
     }
 
     #[test]

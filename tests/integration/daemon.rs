@@ -101,10 +101,18 @@ impl Drop for NixDaemon {
 /// lives (GitHub's hosted runners give their user that).
 struct Sudoers(PathBuf);
 
+/// Held for the whole of each test that grants sudo to `USER` or expects
+/// it refused: a grant is machine-wide.
+static SUDO_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn sudo_tests() -> std::sync::MutexGuard<'static, ()> {
+    SUDO_TESTS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Sudoers {
-    fn grant() -> Sudoers {
+    fn grant(tag: &str) -> Sudoers {
         let f = PathBuf::from(format!(
-            "/etc/sudoers.d/nixdelta-test-{}",
+            "/etc/sudoers.d/nixdelta-test-{}-{tag}",
             std::process::id()
         ));
         std::fs::write(&f, format!("{USER} ALL=(root) NOPASSWD: ALL\n")).unwrap();
@@ -215,6 +223,7 @@ fn an_untrusted_user_reads_the_cache_once_the_daemon_allows_it() {
     if unsafe { libc::getuid() } != 0 || which("nix-daemon").is_none() || which("sudo").is_none() {
         panic!("needs root, nix-daemon and sudo (scripts/setup.sh installs them)");
     }
+    let _serial = sudo_tests();
     let env = Env::new();
     std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let chain6 = env.build("fib.nix", &["chain6"]).remove(0);
@@ -274,7 +283,7 @@ fn an_untrusted_user_reads_the_cache_once_the_daemon_allows_it() {
     );
     assert_eq!(std::fs::read_to_string(d.conf()).unwrap(), conf0);
 
-    let _sudo = Sudoers::grant();
+    let _sudo = Sudoers::grant("daemon");
     let pid0 = d.pid();
     let (out, env_file) = start(&d, &home, "daemon", &cache, &public, &["--daemon"]);
     assert!(out.status.success(), "{}", show(&out));
@@ -306,4 +315,245 @@ fn an_untrusted_user_reads_the_cache_once_the_daemon_allows_it() {
     assert!(!stderr(&out).contains("warning"), "{}", show(&out));
     assert_eq!(std::fs::read_to_string(d.conf()).unwrap(), conf1);
     assert_eq!(d.pid(), pid1);
+}
+
+/// A non-root job on a root-owned store (as on GitHub's hosted runners:
+/// the daemon, passwordless sudo) restores an archive with the direct
+/// method as root by `sudo -n`: chosen by itself for `local?root=…`, on
+/// request (`--method direct`) for the daemon's URL. The daemon then
+/// serves every path (a build through it with `--max-jobs 0` succeeds),
+/// and the store verifies. Without sudo, `--method direct` is exit 2, one
+/// line, the store untouched.
+#[test]
+fn a_non_root_job_restores_directly_as_root_by_sudo() {
+    if unsafe { libc::getuid() } != 0 || which("nix-daemon").is_none() || which("sudo").is_none() {
+        panic!("needs root, nix-daemon and sudo (scripts/setup.sh installs them)");
+    }
+    let _serial = sudo_tests();
+    let env = Env::new();
+    std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let chain6 = env.build("fib.nix", &["chain6"]).remove(0);
+    let archive = format!("dir:{}", env.path("archives").display());
+    ok(env
+        .nixdelta(&["archive", "save", "--archive", &archive, "--key", "k1"])
+        .arg(&chain6));
+    ok(Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(env.path("archives")));
+    let home = env.path("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let (uid, gid) = job_user();
+    std::os::unix::fs::chown(&home, Some(uid), Some(gid)).unwrap();
+    let restore = |d: &NixDaemon, store: &str, extra: &[&str]| {
+        as_job(d, &home, nixdelta_bin())
+            .args([
+                "--store",
+                store,
+                "archive",
+                "restore",
+                "--archive",
+                &archive,
+            ])
+            .args(["--key", "k1"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let served = |d: &NixDaemon| {
+        as_job(d, &home, "nix-build")
+            .arg(example("fib.nix"))
+            .args(["-A", "chain6", "--no-out-link", "--max-jobs", "0"])
+            .output()
+            .unwrap()
+    };
+
+    // No sudo: refused, nothing written (the daemon's DB made first, as a
+    // daemon that has served anything has one).
+    let d = NixDaemon::start(&env.path("d0"));
+    ok(Command::new("nix-store")
+        .env("NIX_CONFIG", NIX_CONFIG)
+        .arg("--store")
+        .arg(d.store())
+        .arg("--init"));
+    let url = format!(
+        "unix://{}?root={}",
+        d.socket().display(),
+        d.store().display()
+    );
+    let out = restore(&d, &url, &["--method", "direct"]);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("--method direct") && err.contains("sudo -n"),
+        "{err}"
+    );
+    assert!(!d.store().join(chain6.trim_start_matches('/')).exists());
+
+    let _sudo = Sudoers::grant("direct");
+    for (name, how) in [("auto", "local"), ("asked", "url")] {
+        let d = NixDaemon::start(&env.path(name));
+        let store = match how {
+            "local" => format!("local?root={}", d.store().display()),
+            _ => format!(
+                "unix://{}?root={}",
+                d.socket().display(),
+                d.store().display()
+            ),
+        };
+        let extra: &[&str] = if how == "url" {
+            &["--method", "direct"]
+        } else {
+            &[]
+        };
+        let out = restore(&d, &store, extra);
+        assert!(out.status.success(), "{name}: {}", show(&out));
+        let report = String::from_utf8_lossy(&out.stdout);
+        assert!(report.contains("paths: 7 added"), "{name}: {}", show(&out));
+        assert!(
+            report.contains("(direct, as root by sudo -n)"),
+            "{name}: {}",
+            show(&out)
+        );
+        let real = d.store().join(chain6.trim_start_matches('/'));
+        let meta = std::fs::symlink_metadata(&real).unwrap();
+        assert_eq!(
+            std::os::unix::fs::MetadataExt::uid(&meta),
+            0,
+            "root's, as the daemon's own"
+        );
+        let b = served(&d);
+        assert!(
+            b.status.success(),
+            "{name}: the daemon serves it: {}",
+            show(&b)
+        );
+        assert_eq!(stdout_lines(&b), std::slice::from_ref(&chain6));
+        let v = ok(Command::new("nix-store")
+            .env("NIX_CONFIG", NIX_CONFIG)
+            .args(["--store"])
+            .arg(d.store())
+            .args(["--verify", "--check-contents"]));
+        assert!(!stderr(&v).contains("error"), "{name}: {}", show(&v));
+    }
+}
+
+/// keep-failed on a daemon: the job's user (untrusted, not root) runs
+/// `start --keep-failed`; its build, done by the daemon, fails in its
+/// install phase and the daemon keeps the tree in its temp dir, part of it
+/// readable by root only. `finish` without `sudo -n` says what it left out;
+/// with it, streams the tree with `sudo -n tar`, packs it (no archive: a
+/// file on this machine)
+/// and the printed `failed-tree fetch` shows the files, the private ones too.
+#[test]
+fn keep_failed_collects_the_daemon_s_build_tree_through_sudo() {
+    if unsafe { libc::getuid() } != 0 || which("nix-daemon").is_none() || which("sudo").is_none() {
+        panic!("needs root, nix-daemon and sudo (scripts/setup.sh installs them)");
+    }
+    let _serial = sudo_tests();
+    let env = Env::new();
+    std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let d = NixDaemon::start(&env.path("daemon"));
+    let home = env.path("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let (uid, gid) = job_user();
+    std::os::unix::fs::chown(&home, Some(uid), Some(gid)).unwrap();
+    let env_file = home.join("job.env");
+    let out = as_job(&d, &home, nixdelta_bin())
+        .args(["start", "--keep-failed", "--archive", "none"])
+        .arg("--state-dir")
+        .arg(home.join("state"))
+        .env("NIXDELTA_ENV_FILE", &env_file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    let text = std::fs::read_to_string(&env_file).unwrap();
+    let vars: Vec<(String, String)> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("export "))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
+        .collect();
+    let b = as_job(&d, &home, "nix-build")
+        .arg(example("fails-in-install.nix"))
+        .args([
+            "--argstr",
+            "salt",
+            &format!("daemon-{}", std::process::id()),
+        ])
+        .arg("--no-out-link")
+        .envs(vars)
+        .output()
+        .unwrap();
+    assert!(!b.status.success(), "{}", show(&b));
+    let kept = stderr(&b)
+        .lines()
+        .find_map(|l| l.split("keeping build directory '").nth(1))
+        .and_then(|l| l.split('\'').next())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("the daemon kept no tree: {}", show(&b)));
+    // Removed at the end, whatever happens.
+    struct Gone(PathBuf);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _gone = Gone(kept.clone());
+    assert_eq!(
+        kept.parent(),
+        Some(Path::new("/tmp")),
+        "the daemon builds in its TMPDIR, here the test's: run the tests without TMPDIR"
+    );
+    let finish = || {
+        as_job(&d, &home, nixdelta_bin())
+            .arg("finish")
+            .arg("--state-dir")
+            .arg(home.join("state"))
+            .output()
+            .unwrap()
+    };
+    // No sudo: the tree is not readable whole, and finish says why.
+    let out = finish();
+    assert!(out.status.success(), "{}", show(&out));
+    let err = stderr(&out);
+    assert!(err.contains("keep-failed: left out"), "{err}");
+    assert!(err.contains("`sudo -n` refused"), "{err}");
+    assert!(!err.contains("kept 1 failed build trees"), "{err}");
+
+    let _sudo = Sudoers::grant("keep-failed");
+    let out = finish();
+    assert!(out.status.success(), "{}", show(&out));
+    let err = stderr(&out);
+    assert!(err.contains("kept 1 failed build trees"), "{err}");
+    let fetch = err
+        .lines()
+        .find_map(|l| l.split("Fetch them: ").nth(1))
+        .and_then(|l| l.split(" ; ").next())
+        .expect("the fetch command")
+        .to_string();
+    let args: Vec<&str> = fetch.split_whitespace().collect();
+    assert_eq!(
+        args[..4],
+        ["nixdelta", "failed-tree", "fetch", "--file"],
+        "{fetch}"
+    );
+    let packed = PathBuf::from(args[4]);
+    let fresh = env.path("fresh");
+    std::fs::create_dir_all(&fresh).unwrap();
+    ok(nixdelta()
+        .current_dir(&fresh)
+        .args(["failed-tree", "fetch", "--file"])
+        .arg(&packed)
+        .args(["--out", "./failed-tree"]));
+    let _ = std::fs::remove_file(&packed);
+    let tree = fresh.join("failed-tree").join(kept.file_name().unwrap());
+    assert_eq!(
+        std::fs::read_to_string(tree.join("install-progress.txt")).unwrap(),
+        "copied 1 of 2 files\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(tree.join("private/notes")).unwrap(),
+        "the build user's\n"
+    );
 }

@@ -134,6 +134,100 @@ fn a_failed_build_s_tree_is_kept_and_fetched_back() {
     );
 }
 
+/// `start --keep-failed` and `finish`, outside a CI: start makes the job's
+/// Nix keep failed builds (a configuration of that alone, exported through
+/// `$NIXDELTA_ENV_FILE`: there is no cache to read); finish stores the
+/// tree made since start in the archive backend under `failed-…`. A tree
+/// kept before start is not this job's and stays out.
+#[test]
+fn start_keep_failed_then_finish_store_the_job_s_failed_tree() {
+    let env = Env::new();
+    let tmp = env.path("tmp");
+    let earlier = tmp.join("nix-build-earlier.drv-0");
+    std::fs::create_dir_all(&earlier).unwrap();
+    std::fs::write(earlier.join("secret.txt"), "another job's").unwrap();
+    // Start's clock is in seconds: the earlier tree is a second older.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let backend = format!("dir:{}", env.path("archives").display());
+    let state = env.path("state").display().to_string();
+    let env_file = env.path("job.env");
+    let out = ok(env
+        .nixdelta(&["start", "--keep-failed", "--archive", &backend])
+        .args(["--state-dir", &state])
+        .current_dir(env.dir.path())
+        .env("TMPDIR", &tmp)
+        .env("NIXDELTA_ENV_FILE", &env_file));
+    let text = show(&out);
+    assert!(
+        text.contains("the job's Nix keeps failed build directories"),
+        "{text}"
+    );
+    let exported = std::fs::read_to_string(&env_file).unwrap();
+    let files = exported
+        .lines()
+        .find_map(|l| l.strip_prefix("export NIX_USER_CONF_FILES='"))
+        .and_then(|l| l.strip_suffix('\''))
+        .expect("NIX_USER_CONF_FILES exported")
+        .to_string();
+    let conf = files.split(':').next().unwrap();
+    assert!(
+        std::fs::read_to_string(conf)
+            .unwrap()
+            .contains("keep-failed = true"),
+        "{conf}"
+    );
+    // The job's build, reading what start exported, fails in its install phase.
+    let build = env
+        .nix_on(&env.store(), "nix-build")
+        .arg(example("fails-in-install.nix"))
+        .arg("--no-out-link")
+        .env("TMPDIR", &tmp)
+        .env("NIX_USER_CONF_FILES", &files)
+        .output()
+        .unwrap();
+    assert!(!build.status.success());
+    assert!(
+        show(&build).contains("keeping build directory"),
+        "{}",
+        show(&build)
+    );
+
+    let out = ok(env
+        .nixdelta(&["finish", "--archive", &backend])
+        .args(["--state-dir", &state])
+        .current_dir(env.dir.path())
+        .env("TMPDIR", &tmp));
+    let text = show(&out);
+    assert!(text.contains("kept 1 failed build trees"), "{text}");
+    let fetch = text
+        .lines()
+        .find_map(|l| l.split("Fetch them: ").nth(1))
+        .and_then(|l| l.split(" ; ").next())
+        .expect("the fetch command")
+        .to_string();
+    let args: Vec<&str> = fetch.split_whitespace().collect();
+    assert_eq!(args[..3], ["nixdelta", "failed-tree", "fetch"], "{fetch}");
+    assert!(args.contains(&"--key"), "{fetch}");
+    let fresh = env.path("fresh");
+    std::fs::create_dir_all(&fresh).unwrap();
+    ok(nixdelta().current_dir(&fresh).args(&args[1..]));
+    let out = fresh.join("failed-tree");
+    let names: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names.contains(&"CUT.txt".to_string()), "{names:?}");
+    let tree = names
+        .iter()
+        .find(|n| n.starts_with("nix-build-fails-in-install.drv-"))
+        .expect("the job's tree, and not the earlier one");
+    assert_eq!(
+        std::fs::read_to_string(out.join(tree).join("install-progress.txt")).unwrap(),
+        "copied 1 of 2 files\n"
+    );
+}
+
 /// Every file under `dir`.
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();

@@ -32,10 +32,12 @@ use sha2::{Digest as _, Sha256};
 
 mod direct;
 mod export;
+mod sudo;
 
 use direct::direct;
 pub use direct::PathLock;
 use export::via_import;
+pub use sudo::serve as serve_as_root;
 
 use super::Store;
 use crate::error::{Error, Result};
@@ -44,14 +46,30 @@ use crate::nix::nar_unpack::{self, UnpackOptions};
 use crate::nix::{Sha256Hash, StorePath, StoreSpec};
 
 /// How paths are registered.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ImportMethod {
-    /// Direct when the store is writable, else import.
+    /// Direct when the store is writable (or root is had by `sudo -n`),
+    /// else import.
     #[default]
     Auto,
     Direct,
     Import,
+    /// Direct, as root through `sudo -n` (what `Auto` and `Direct` become
+    /// for a non-root job on a multi-user install that allows it).
+    SudoDirect,
+}
+
+impl ImportMethod {
+    /// As the restore report names it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ImportMethod::Auto => "auto",
+            ImportMethod::Direct => "direct",
+            ImportMethod::Import => "nix-store --import",
+            ImportMethod::SudoDirect => "direct, as root by sudo -n",
+        }
+    }
 }
 
 impl std::str::FromStr for ImportMethod {
@@ -90,7 +108,8 @@ impl Default for ImportOptions {
 }
 
 /// What an import did.
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct ImportStats {
     pub method: Option<ImportMethod>,
     /// Paths in the archive.
@@ -146,32 +165,50 @@ fn writable(p: &Path) -> bool {
     unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
 }
 
-/// Refuses `--method direct` on a daemon store: the daemon owns its DB,
-/// which nixdelta must not write behind its back.
-pub fn check_method(store: &StoreSpec, method: ImportMethod) -> Result<()> {
-    if method == ImportMethod::Direct && store.via_daemon() {
+/// Refuses `--method direct` where it cannot be: the store and its DB
+/// are not writable, and root is not to be had by `sudo -n`.
+pub fn check_method(store: &Store, method: ImportMethod) -> Result<()> {
+    if method == ImportMethod::Direct && resolve_method(store, method) == ImportMethod::Import {
         return Err(Error::Usage(format!(
-            "--method direct cannot write the DB of the daemon store {store}: \
-             use --method import (or auto)"
+            "--method direct cannot write the store {} and its DB (not root, and `sudo -n` \
+             is refused, or the store is not a root-owned multi-user one): use --method \
+             import (or auto)",
+            store.spec()
         )));
     }
     Ok(())
 }
 
-/// The method `Auto` resolves to for `store`.
+/// The method `method` resolves to for `store`. Auto: direct on a local
+/// store this process can write (not one Nix reaches through a daemon);
+/// else direct as root by `sudo -n` when allowed (GitHub's hosted
+/// runners), except on an explicit daemon URL; else import. `Direct`
+/// asked for: direct where writable, else by `sudo -n`, else import
+/// (which [`check_method`] refuses).
 pub fn resolve_method(store: &Store, method: ImportMethod) -> ImportMethod {
-    if method != ImportMethod::Auto {
+    if matches!(method, ImportMethod::Import | ImportMethod::SudoDirect) {
         return method;
-    }
-    if store.spec().via_daemon() {
-        return ImportMethod::Import;
     }
     let l = layout(store);
     let db_dir = l.real_store_dir.join("../var/nix/db");
+    let local_writable = writable(&l.real_store_dir) && writable(&db_dir);
     // NIX_REMOTE=daemon means Nix itself would not open the DB directly.
-    let daemon = std::env::var("NIX_REMOTE").is_ok_and(|v| !v.is_empty() && v != "local");
-    if !daemon && writable(&l.real_store_dir) && writable(&db_dir) {
+    let remote = std::env::var("NIX_REMOTE").is_ok_and(|v| !v.is_empty() && v != "local");
+    let daemon_url = store.spec().via_daemon();
+    if method == ImportMethod::Direct {
+        if local_writable {
+            return ImportMethod::Direct;
+        }
+        return if sudo::allowed(&l) {
+            ImportMethod::SudoDirect
+        } else {
+            ImportMethod::Import
+        };
+    }
+    if local_writable && !remote && !daemon_url {
         ImportMethod::Direct
+    } else if !daemon_url && sudo::allowed(&l) {
+        ImportMethod::SudoDirect
     } else {
         ImportMethod::Import
     }
@@ -194,6 +231,11 @@ pub fn import<R: Read>(
     what: &str,
     opts: &ImportOptions,
 ) -> Result<ImportStats> {
+    check_method(store, opts.method)?;
+    let method = resolve_method(store, opts.method);
+    if method == ImportMethod::SudoDirect {
+        return sudo::import_as_root(&layout(store), src, what, opts);
+    }
     let mut dec = zstd::stream::read::Decoder::new(src)
         .map_err(|e| input_err(what, format!("cannot start zstd: {e}")))?;
     let manifest = format::read_header(&mut dec, what)?;
@@ -224,9 +266,7 @@ pub fn import<R: Read>(
                 .map_err(|m| input_err(what, format!("bad manifest entry {}: {m}", e.path)))
         })
         .collect::<Result<_>>()?;
-    check_method(store.spec(), opts.method)?;
     let actions = plan(store, &entries, what)?;
-    let method = resolve_method(store, opts.method);
     let mut stats = ImportStats {
         method: Some(method),
         in_archive: entries.len(),
@@ -255,7 +295,9 @@ pub fn import<R: Read>(
         to_import().map(|(e, _)| e.nar_size).sum(),
     );
     let (added, bytes, raced) = match method {
-        ImportMethod::Direct => direct(store, &l, &mut dec, &entries, &actions, what, opts)?,
+        ImportMethod::Direct | ImportMethod::SudoDirect => {
+            direct(store, &l, &mut dec, &entries, &actions, what, opts)?
+        }
         _ => via_import(&l, &mut dec, &entries, &actions, what)?,
     };
     stats.added = added;
