@@ -138,8 +138,16 @@ async function resolveBinary() {
   return dest;
 }
 
+// Strict from the input or from nixdelta.yml's top-level `strict: true`
+// (read here: without a binary there is nobody to ask).
 function strict() {
-  return /^(true|yes|on|1)$/i.test(input('strict'));
+  if (/^(true|yes|on|1)$/i.test(input('strict'))) return true;
+  const file = process.env.NIXDELTA_CONFIG || 'nixdelta.yml';
+  try {
+    return /^strict:[ \t]*true[ \t]*(#.*)?$/m.test(fs.readFileSync(file, 'utf8'));
+  } catch (e) {
+    return false;
+  }
 }
 
 async function run(step) {

@@ -7,11 +7,13 @@ nixdelta_plugin_dir() {
   cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd
 }
 
+# Strict from the option or from nixdelta.yml's top-level `strict: true`
+# (read here: without a binary there is nobody to ask).
 nixdelta_strict() {
   case "${BUILDKITE_PLUGIN_NIXDELTA_STRICT:-false}" in
     true | yes | on | 1) return 0 ;;
-    *) return 1 ;;
   esac
+  grep -Eqs '^strict:[[:blank:]]*true[[:blank:]]*(#.*)?$' "${NIXDELTA_CONFIG:-nixdelta.yml}"
 }
 
 # The Rust target triple of this agent's binary.

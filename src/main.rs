@@ -263,6 +263,10 @@ store archive saved on a key miss or a partial hit.",
         /// `text` or `json`.
         #[arg(long, default_value = "text", value_parser = ["text", "json"])]
         format: String,
+        /// Print only the value of this key (`strict`: `true` or `false`),
+        /// for scripts: a CI template asks whether the job is strict.
+        #[arg(long, value_name = "KEY")]
+        get: Option<String>,
         /// The step whose options are shown.
         #[arg(default_value = "run", value_parser = ["start", "finish", "run"])]
         step: String,
@@ -334,9 +338,18 @@ fn main() -> ExitCode {
 fn with_options(cli: Cli) -> Result<std::result::Result<Cli, i32>> {
     let user: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let (cli, argv, show) = match &cli.command {
-        Command::Config { format, step, args } => {
+        Command::Config {
+            format,
+            get,
+            step,
+            args,
+        } => {
             let argv = cmd::config::step_argv(&user, step, args);
-            let show = Some((format.clone(), step.clone()));
+            let format = match get {
+                Some(key) => format!("get:{key}"),
+                None => format.clone(),
+            };
+            let show = Some((format, step.clone()));
             let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| e.exit());
             (cli, argv, show)
         }

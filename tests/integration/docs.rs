@@ -2,8 +2,7 @@
 //! example in `docs/` parses, every option it gives nixdelta is one that
 //! `action.yml`, the GitLab template's `spec: inputs` or `plugin.yml`
 //! declares, and every link in `docs/` and the README stays inside the
-//! repository and points at a file that exists. (The examples are checked,
-//! not yet run by act, gitlab-ci-local and bats.)
+//! repository and points at a file that exists. `docs_run.rs` runs them.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -12,7 +11,7 @@ use serde_norway::Value;
 
 use crate::helpers::util::*;
 
-fn pages() -> Vec<PathBuf> {
+pub(crate) fn pages() -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(repo().join("docs"))
         .unwrap()
         .flatten()
@@ -24,7 +23,7 @@ fn pages() -> Vec<PathBuf> {
 }
 
 /// The fenced blocks of a Markdown text whose info string is `lang`.
-fn blocks(text: &str, lang: &str) -> Vec<String> {
+pub(crate) fn blocks(text: &str, lang: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut current: Option<String> = None;
     for line in text.lines() {
@@ -47,7 +46,7 @@ fn blocks(text: &str, lang: &str) -> Vec<String> {
     out
 }
 
-fn yaml(text: &str) -> Value {
+pub(crate) fn yaml(text: &str) -> Value {
     serde_norway::from_str(text).unwrap_or_else(|e| panic!("bad YAML ({e}):\n{text}"))
 }
 
@@ -123,7 +122,10 @@ fn docs_examples_use_only_options_the_front_ends_declare() {
     let mut seen = BTreeSet::new();
     for page in pages() {
         let text = std::fs::read_to_string(&page).unwrap();
-        for block in blocks(&text, "yaml") {
+        // Fragments (` ```yaml fragment `, not run by docs_run.rs) are
+        // checked too.
+        let fragments = blocks(&text, "yaml fragment");
+        for block in blocks(&text, "yaml").into_iter().chain(fragments) {
             let uses = options_used(&yaml(&block));
             assert!(
                 !uses.is_empty(),

@@ -16,6 +16,8 @@ mod closure;
 mod config_file;
 mod daemon;
 mod docs;
+mod docs_run;
+mod docs_run_ci;
 mod env_archive;
 mod errors;
 mod hardening;
