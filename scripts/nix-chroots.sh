@@ -45,6 +45,18 @@ CONF
   touch "$dir/.ok"
   exec {lock}>&-
 }
+# The daemon topologies' job users (tests/integration/matrix.rs): one the
+# chroot's nix-daemon trusts, one it does not. Added to cached chroots too.
+users() {
+  local dir=$ROOT/$1 u
+  exec {ulock}>"$ROOT/$1.lock"
+  flock "$ulock"
+  for u in nixdelta-trusted nixdelta-untrusted; do
+    chroot "$dir" id -u "$u" >/dev/null 2>&1 ||
+      chroot "$dir" useradd --system --no-create-home --shell /bin/sh "$u"
+  done
+  exec {ulock}>&-
+}
 for s in "${@:-trixie sid}"; do
-  for one in $s; do build "$one"; done
+  for one in $s; do build "$one"; users "$one"; done
 done

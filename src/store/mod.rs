@@ -104,6 +104,7 @@ impl Store {
     pub fn init(spec: &StoreSpec) -> Result<()> {
         let root = match spec {
             StoreSpec::Dir(r) | StoreSpec::Local { root: Some(r) } => r,
+            _ if daemon::in_use(spec) && !Store::exists(spec) => return Store::wake_daemon(spec),
             _ => return Ok(()),
         };
         if Store::exists(spec) {
@@ -119,6 +120,27 @@ impl Store {
             return Err(Error::Store(format!(
                 "nix-store --store {} --init: {}",
                 root.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(())
+    }
+
+    /// A daemon that has served nothing yet has no DB: one query through
+    /// it (allowed to any user) makes it open, and create, its store.
+    fn wake_daemon(spec: &StoreSpec) -> Result<()> {
+        let mut cmd = std::process::Command::new("nix-store");
+        if let Some(s) = spec.nix_arg() {
+            cmd.arg("--store").arg(s);
+        }
+        let out = cmd
+            .args(["--check-validity", "--print-invalid"])
+            .arg("/nix/store/00000000000000000000000000000000-nixdelta-probe")
+            .output()
+            .map_err(|e| Error::Store(format!("cannot run nix-store: {e}")))?;
+        if !out.status.success() {
+            return Err(Error::Store(format!(
+                "the Nix daemon's store has no DB yet, and asking the daemon failed: {}",
                 String::from_utf8_lossy(&out.stderr).trim()
             )));
         }

@@ -224,3 +224,220 @@ fn nix_2_26_single_user_root() {
 fn nix_2_34_single_user_root() {
     single_user("sid", "2.34");
 }
+
+/// Runs `script` (sh) as root inside the chroot, the store `store` at
+/// /nix, with `vars` in its environment.
+fn script_inside(
+    root: &Path,
+    env: &Env,
+    store: &str,
+    vars: &[(&str, String)],
+    script: &str,
+) -> Output {
+    let mut args: Vec<String> = vec!["env".into()];
+    args.extend(vars.iter().map(|(k, v)| format!("{k}={v}")));
+    args.extend(["sh".into(), "-c".into(), script.into(), "sh".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    inside(root, env, store, &args)
+}
+
+/// The chroot's own nix-daemon, with a trusted and an untrusted job user;
+/// `$AS user cmd…` runs a command as that user on the daemon. Stops the
+/// daemon when the script ends.
+const DAEMON: &str = r#"set -eu
+C=$T/dconf; mkdir -p "$C"
+printf 'sandbox = false\nbuild-users-group =\nsubstituters =\ntrusted-users = root nixdelta-trusted\nexperimental-features = nix-command flakes\n' > "$C/nix.conf"
+NIX_CONF_DIR=$C nix-daemon > "$T/daemon-$$.log" 2>&1 &
+dpid=$!
+trap 'kill $dpid 2>/dev/null || true; wait $dpid 2>/dev/null || true' EXIT
+i=0; while [ ! -S /nix/var/nix/daemon-socket/socket ]; do
+  i=$((i+1)); [ $i -lt 400 ] || { echo "nix-daemon did not start" >&2; exit 9; }; sleep 0.05
+done
+as() { u=$1; shift; setpriv --reuid="$u" --regid="$u" --init-groups env -i PATH=/usr/bin:/bin \
+  HOME="$T/home-$u" NIX_CONF_DIR="$C" NIX_REMOTE=daemon NIXDELTA_CI=none "$@"; }
+for u in nixdelta-trusted nixdelta-untrusted; do
+  mkdir -p "$T/home-$u" "$T/cache-$u"; chown "$u" "$T/home-$u" "$T/cache-$u"
+done
+mkdir -p "$T/arch"; chown nixdelta-trusted "$T/arch"
+"#;
+
+/// The daemon topologies on the chroot's own nix-daemon: a trusted and an
+/// untrusted non-root job user each run start / a build with eval-time
+/// paths / finish (which pushes them, signed); the trusted one saves an
+/// archive. On a second, empty daemon store, the untrusted user's restore
+/// is refused with what to do and adds nothing, the trusted one's imports
+/// the closure. A fresh single-user store then builds the project from
+/// each user's cache with `--max-jobs 0` and signatures required (the IFD
+/// output substituted, not built).
+fn daemon_users(suite: &str, version: &str) {
+    let root = chroot(suite);
+    let env = Env::new();
+    std::fs::set_permissions(
+        env.dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let s = |p: &str| env.path(p).display().to_string();
+    let bin = env!("CARGO_BIN_EXE_nixdelta");
+    good(
+        inside(
+            &root,
+            &env,
+            "d1",
+            &[bin, "keygen", "m-1", "--out", &s("keys")],
+        ),
+        "keygen",
+    );
+    std::fs::set_permissions(
+        env.path("keys/m-1.sec"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let public = std::fs::read_to_string(env.path("keys/m-1.pub")).unwrap();
+    let public = public.trim().to_string();
+    let fixture = crate::track::eval_fixture(&env);
+    let argstrs: String = fixture
+        .iter()
+        .map(|(k, v)| format!(" --argstr {k} '{v}'"))
+        .collect();
+    let eval = example("eval-time.nix").display().to_string();
+    let vars = [
+        ("BIN", bin.to_string()),
+        ("EVAL", eval.clone()),
+        ("ARGS", argstrs.clone()),
+    ];
+
+    let jobs = format!(
+        r#"{DAEMON}
+nix --version > "$T/version.txt"
+for u in nixdelta-trusted nixdelta-untrusted; do
+  as $u "$BIN" start --state-dir "$T/home-$u/st" --archive none > "$T/$u-start.log" 2>&1
+  eval "as $u nix-build $EVAL -A result --no-out-link --argstr salt $u $ARGS" > "$T/$u-out.txt" 2> "$T/$u-build.log"
+  as $u "$BIN" finish --json --state-dir "$T/home-$u/st" --to "file://$T/cache-$u" \
+    --secret-key-file "$T/keys/m-1.sec" > "$T/$u-finish.json" 2> "$T/$u-finish.log"
+done
+as nixdelta-trusted "$BIN" archive save --archive "dir:$T/arch" --key k1 "$(cat "$T/nixdelta-trusted-out.txt")" > "$T/save.log" 2>&1
+"#
+    );
+    let out = script_inside(&root, &env, "d1", &vars, &jobs);
+    let read = |n: &str| std::fs::read_to_string(env.path(n)).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "jobs on the daemon:\n{}\n{}",
+        show(&out),
+        [
+            "version.txt",
+            "nixdelta-trusted-build.log",
+            "nixdelta-trusted-finish.log",
+            "nixdelta-untrusted-build.log",
+            "nixdelta-untrusted-finish.log"
+        ]
+        .iter()
+        .map(|f| format!("--- {f}\n{}", read(f)))
+        .collect::<String>()
+    );
+    assert!(
+        read("version.txt").contains(version),
+        "{}",
+        read("version.txt")
+    );
+    for u in ["nixdelta-trusted", "nixdelta-untrusted"] {
+        let plan: serde_json::Value = serde_json::from_str(&read(&format!("{u}-finish.json")))
+            .unwrap_or_else(|e| panic!("{u}: {e}: {}", read(&format!("{u}-finish.log"))));
+        let names: Vec<String> = plan["report"]["uploaded"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{u}: {plan:#}"))
+            .iter()
+            .map(|v| v.as_str().unwrap()[44..].to_string())
+            .collect();
+        // The untrusted job runs second: the unsalted eval-time paths (the
+        // fetched file, the builtins.path) are the trusted job's by then.
+        let wants: &[&str] = if u == "nixdelta-trusted" {
+            &[
+                "eval-time-result",
+                "generated-nix",
+                "data.txt",
+                "busybox-static",
+            ]
+        } else {
+            &["eval-time-result", "generated-nix"]
+        };
+        for want in wants {
+            assert!(names.iter().any(|n| n == want), "{u} pushed {names:?}");
+        }
+        assert_eq!(
+            narinfos(&env.path(&format!("cache-{u}"))).len(),
+            names.len(),
+            "{u}"
+        );
+    }
+    assert!(
+        read("save.log").contains("result: saved"),
+        "{}",
+        read("save.log")
+    );
+
+    // A second, empty daemon store: archive restores.
+    let restores = format!(
+        r#"{DAEMON}
+set +e
+as nixdelta-untrusted "$BIN" archive restore --archive "dir:$T/arch" --key k1 > "$T/ru.out" 2> "$T/ru.err"
+echo $? > "$T/ru.code"
+set -e
+as nixdelta-trusted "$BIN" archive restore --archive "dir:$T/arch" --key k1 > "$T/rt.out" 2> "$T/rt.err"
+as nixdelta-trusted nix-store -qR "$(cat "$T/nixdelta-trusted-out.txt")" > "$T/rt.closure"
+"#
+    );
+    let out = script_inside(&root, &env, "d2", &vars, &restores);
+    assert!(
+        out.status.success(),
+        "restores:\n{}\n{}",
+        show(&out),
+        read("rt.err")
+    );
+    assert_eq!(read("ru.code").trim(), "3", "{}", read("ru.err"));
+    let ru = read("ru.err");
+    assert!(
+        ru.contains("the Nix daemon refused the import") && ru.contains("trusted-users"),
+        "{ru}"
+    );
+    assert!(
+        read("rt.out").contains("(nix-store --import)"),
+        "{}",
+        read("rt.out")
+    );
+    let added = read("rt.out");
+    assert!(added.contains(" added"), "{added}");
+    assert!(!read("rt.closure").trim().is_empty());
+
+    // A fresh machine builds the project from each cache, nothing built.
+    for u in ["nixdelta-trusted", "nixdelta-untrusted"] {
+        let fresh = format!("fresh-{u}");
+        let cmd = format!(
+            "nix-build $EVAL -A result --no-out-link --argstr salt {u} $ARGS --max-jobs 0 \
+             --option substituters file://{cache} --option trusted-public-keys '{public}' \
+             --option require-sigs true",
+            cache = s(&format!("cache-{u}"))
+        );
+        let out = script_inside(&root, &env, &fresh, &vars, &format!("eval \"{cmd}\""));
+        assert!(
+            out.status.success(),
+            "{u}'s cache on a fresh store:\n{}",
+            show(&out)
+        );
+        assert_eq!(
+            stdout_lines(&out).last().map(String::as_str),
+            Some(read(&format!("{u}-out.txt")).trim())
+        );
+    }
+}
+
+#[test]
+fn nix_2_26_daemon_trusted_and_untrusted_users() {
+    daemon_users("trixie", "2.26");
+}
+
+#[test]
+fn nix_2_34_daemon_trusted_and_untrusted_users() {
+    daemon_users("sid", "2.34");
+}

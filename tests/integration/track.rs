@@ -107,7 +107,7 @@ fn sri(path: &Path, flat: bool) -> String {
 
 /// A file for `builtins.fetchurl` and a tarball for `builtins.fetchTarball`
 /// served from `file://` URLs, and the `--argstr`s of eval-time.nix.
-fn eval_fixture(env: &Env) -> Vec<(&'static str, String)> {
+pub(crate) fn eval_fixture(env: &Env) -> Vec<(&'static str, String)> {
     let data = env.path("data.txt");
     std::fs::write(&data, "fetched by url\n").unwrap();
     let src = env.path("tar/src");
