@@ -213,6 +213,65 @@ fn single_user(suite: &str, version: &str) {
         "restored store verifies",
         &["nix", "store", "verify", "--all", "--no-trust"],
     );
+    single_user_eval_time(&root, &env);
+}
+
+/// Eval-time paths on single-user root: start, a build whose evaluation
+/// fetches and imports from a derivation, finish pushes the fetched
+/// file, the tarball, the IFD output and the builtins.path; a fresh store
+/// then builds the project from the cache with `--max-jobs 0`.
+fn single_user_eval_time(root: &Path, env: &Env) {
+    let bin = env!("CARGO_BIN_EXE_nixdelta");
+    let fixture = crate::track::eval_fixture(env);
+    let args: String = fixture
+        .iter()
+        .map(|(k, v)| format!(" --argstr {k} '{v}'"))
+        .collect();
+    let vars = [
+        ("BIN", bin.to_string()),
+        ("EVAL", example("eval-time.nix").display().to_string()),
+        ("ARGS", args),
+    ];
+    let job = r#"set -eu
+"$BIN" start --state-dir "$T/ev-st" --archive none
+eval "nix-build $EVAL -A result --no-out-link --argstr salt ev $ARGS" > "$T/ev-out.txt"
+"$BIN" finish --json --state-dir "$T/ev-st" --to "file://$T/ev-cache" --secret-key-file "$T/keys/m-1.sec" > "$T/ev-finish.json"
+"#;
+    good(script_inside(root, env, "ev", &vars, job), "eval-time job");
+    let plan: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(env.path("ev-finish.json")).unwrap())
+            .unwrap();
+    let names: Vec<String> = plan["report"]["uploaded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap()[44..].to_string())
+        .collect();
+    for want in [
+        "eval-time-result",
+        "generated-nix",
+        "data.txt",
+        "busybox-static",
+        "source",
+    ] {
+        assert!(names.iter().any(|n| n == want), "pushed {names:?}");
+    }
+    let public = std::fs::read_to_string(env.path("keys/m-1.pub")).unwrap();
+    let fresh = format!(
+        "eval \"nix-build $EVAL -A result --no-out-link --argstr salt ev $ARGS --max-jobs 0 \
+         --option substituters file://$T/ev-cache --option trusted-public-keys '{}' \
+         --option require-sigs true\"",
+        public.trim()
+    );
+    let out = good(
+        script_inside(root, env, "ev-fresh", &vars, &fresh),
+        "fresh eval-time build",
+    );
+    let want = std::fs::read_to_string(env.path("ev-out.txt")).unwrap();
+    assert_eq!(
+        stdout_lines(&out).last().map(String::as_str),
+        Some(want.trim())
+    );
 }
 
 #[test]
