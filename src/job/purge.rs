@@ -93,7 +93,9 @@ pub fn after_saves(
 }
 
 /// The saved key's most specific restore prefix: an evaluated key's own,
-/// else the lock-file key's first restore prefix.
+/// else the longest restore prefix the key starts with (at least the
+/// system's: a broad `restore-prefixes: nixdelta-v1-` must not purge
+/// other systems' archives).
 fn default_prefix(cfg: &JobConfig, r: &SaveReport) -> String {
     let system = key::key_prefix(&key::current_system());
     if r.key.starts_with(&format!("{system}eval-")) {
@@ -105,7 +107,9 @@ fn default_prefix(cfg: &JobConfig, r: &SaveReport) -> String {
         .and_then(|k| {
             k.restore_prefixes
                 .into_iter()
-                .find(|p| r.key.starts_with(p))
+                .filter(|p| r.key.starts_with(p.as_str()))
+                .max_by_key(String::len)
         })
+        .filter(|p| p.len() >= system.len())
         .unwrap_or(system)
 }

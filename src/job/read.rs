@@ -188,6 +188,7 @@ pub fn write(cfg: &JobConfig, side: ReadSide, dir: &Path, env: Env) -> Result<Co
         conf.push_str(KEEP_FAILED);
     }
     std::fs::write(&conf_file, conf).map_err(|e| io(&conf_file, e))?;
+    seed_cache_info(cfg, env);
     let files = user_conf_files(&conf_file.to_string_lossy(), env);
     let daemon = check_daemon(cfg, &side)?;
     Ok(Configured {
@@ -198,6 +199,24 @@ pub fn write(cfg: &JobConfig, side: ReadSide, dir: &Path, env: Env) -> Result<Co
         secrets,
         daemon,
     })
+}
+
+/// A job that will push writes the cache's `nix-cache-info` now, if it
+/// is missing: the job's Nix reads the cache from the start, and an empty
+/// one would make it warn that this "does not appear to be a binary
+/// cache" until the first push. Best effort: the push writes it anyway.
+fn seed_cache_info(cfg: &JobConfig, env: Env) {
+    let has_key = cfg.push.secret_key_file.is_some() || env("NIXDELTA_SECRET_KEY").is_some();
+    let Some(to) = cfg.push.to.as_deref().filter(|_| has_key && !cfg.push.skip) else {
+        return;
+    };
+    let store_dir = crate::store::Store::open(&cfg.store)
+        .map(|s| s.store_dir().to_string())
+        .unwrap_or_else(|_| crate::nix::DEFAULT_STORE_DIR.to_string());
+    let r = crate::cache::open(to).and_then(|c| c.ensure_cache_info(&store_dir));
+    if let Err(e) = r {
+        tracing::debug!("nix-cache-info not written at start: {e}");
+    }
 }
 
 /// What `--keep-failed` adds to the job's Nix configuration. Not a list
