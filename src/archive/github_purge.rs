@@ -156,6 +156,15 @@ fn epoch(t: &str) -> Option<i64> {
         .map(|d| d.timestamp())
 }
 
+/// The prefixes purged under: the options', else the saved key's own.
+fn purge_prefixes<'a>(req: &PurgeRequest<'a>, opts: &'a PurgeOptions) -> Vec<&'a str> {
+    if opts.prefixes.is_empty() {
+        vec![req.default_prefix]
+    } else {
+        opts.prefixes.iter().map(String::as_str).collect()
+    }
+}
+
 /// The entries to delete out of `listed`, given the request and `now`.
 pub fn select(
     listed: &[Entry],
@@ -176,11 +185,7 @@ pub fn select(
         .max()
         .unwrap_or(now);
     let defaulted = opts.prefixes.is_empty();
-    let prefixes: Vec<&str> = if defaulted {
-        vec![req.default_prefix]
-    } else {
-        opts.prefixes.iter().map(String::as_str).collect()
-    };
+    let prefixes = purge_prefixes(req, opts);
     let is_eval = |k: &str, p: &str| k.strip_prefix(p).is_some_and(|r| r.starts_with("eval-"));
     let before = |t: &str, d: Option<Duration>| match d {
         None => true,
@@ -453,12 +458,7 @@ fn purge(
 ) -> std::result::Result<(), Failure> {
     for req in reqs {
         let mut listed = Vec::new();
-        let prefixes: Vec<&str> = if opts.prefixes.is_empty() {
-            vec![req.default_prefix]
-        } else {
-            opts.prefixes.iter().map(String::as_str).collect()
-        };
-        for p in prefixes {
+        for p in purge_prefixes(req, opts) {
             listed.extend(client.list(p)?);
         }
         let doomed = select(&listed, req, opts, &client.repo.git_ref, SystemTime::now());
