@@ -13,19 +13,20 @@ pub mod failed;
 pub mod github;
 pub mod github_purge;
 pub mod s3;
+mod write;
 
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::io::{self, Read, Write};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
-use sha2::{Digest as _, Sha256};
-
+use crate::cache::frames::Frames;
 use crate::error::{Error, Result};
-use crate::nix::{nar, Sha256Hash, StorePath};
+use crate::nix::StorePath;
 use crate::store::{PathInfo, Store};
 
 pub use crate::nix::archive::{self as format, FORMAT_VERSION};
 pub use crate::store::import::{self, ImportMethod, ImportOptions, ImportStats};
+pub use write::{write_archive, Written};
 
 /// An archive found by [`Backend::lookup`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -107,6 +108,9 @@ pub struct SaveOptions {
     pub max_nar_size: Option<u64>,
     /// Keep `.drv` files given as roots.
     pub include_drv: bool,
+    /// The job's push kept its compressed NARs here: copied in, not
+    /// compressed again.
+    pub frames: Option<Frames>,
 }
 
 impl Default for SaveOptions {
@@ -117,6 +121,7 @@ impl Default for SaveOptions {
             threads: cores as u32,
             max_nar_size: None,
             include_drv: false,
+            frames: None,
         }
     }
 }
@@ -225,95 +230,6 @@ fn cap_size(infos: Vec<PathInfo>, cap: u64) -> (Vec<PathInfo>, Vec<StorePath>, u
     (kept, dropped, dropped_bytes)
 }
 
-/// Counts bytes written through.
-struct Counting<W> {
-    inner: W,
-    n: u64,
-}
-
-impl<W: Write> Write for Counting<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.n += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-/// Hashes and counts the NAR bytes written through.
-struct Hashing<'a, W: Write> {
-    inner: &'a mut W,
-    hash: Sha256,
-    n: u64,
-}
-
-impl<W: Write> Write for Hashing<'_, W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hash.update(&buf[..n]);
-        self.n += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-/// Writes the archive of `paths` (in reference order) to `out`; returns
-/// the compressed size. Every NAR is checked against the DB's narHash and
-/// narSize as it streams ([`Error::Integrity`] otherwise).
-pub fn write_archive(
-    store: &Store,
-    paths: &[PathInfo],
-    key: &str,
-    out: &mut dyn Write,
-    opts: &SaveOptions,
-) -> Result<u64> {
-    let manifest = format::Manifest {
-        store_dir: store.store_dir().to_string(),
-        key: key.to_string(),
-        created: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-        paths: paths.iter().map(format::Entry::from_info).collect(),
-    };
-    let io_err = |e: io::Error| Error::Other(anyhow::anyhow!("writing the store archive: {e}"));
-    let mut counting = Counting { inner: out, n: 0 };
-    let mut enc = zstd::stream::write::Encoder::new(&mut counting, opts.level).map_err(io_err)?;
-    enc.include_checksum(true).map_err(io_err)?;
-    if opts.threads > 1 {
-        enc.multithread(opts.threads).map_err(io_err)?;
-    }
-    format::write_header(&mut enc, &manifest).map_err(io_err)?;
-    let total = paths.iter().map(|i| i.nar_size).sum();
-    let _progress = crate::progress::begin("save", paths.len() as u64, total);
-    for info in paths {
-        let real = store.real_path(&info.path);
-        let abs = info.path.to_absolute(store.store_dir());
-        let mut h = Hashing {
-            inner: &mut enc,
-            hash: Sha256::new(),
-            n: 0,
-        };
-        nar::dump_path(&real, &mut h)
-            .map_err(|e| Error::Other(anyhow::anyhow!("writing the store archive: {abs}: {e}")))?;
-        let got = Sha256Hash(h.hash.finalize().into());
-        if got != info.nar_hash || h.n != info.nar_size {
-            return Err(Error::Integrity(format!(
-                "{abs}: contents do not match the Nix DB (NAR hash {got}, {} bytes; DB says {}, {} bytes): the store is corrupt, run nix-store --verify --check-contents",
-                h.n, info.nar_hash, info.nar_size
-            )));
-        }
-        crate::progress::add(1, info.nar_size);
-    }
-    format::write_trailer(&mut enc).map_err(io_err)?;
-    enc.finish().map_err(io_err)?;
-    counting.flush().map_err(io_err)?;
-    Ok(counting.n)
-}
-
 /// What [`save`] did.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct SaveReport {
@@ -327,6 +243,8 @@ pub struct SaveReport {
     pub dropped: usize,
     pub dropped_nar_bytes: u64,
     pub derivations_left_out: usize,
+    /// Paths copied from the push's kept frames.
+    pub spliced: usize,
     pub seconds: f64,
 }
 
@@ -371,16 +289,20 @@ pub fn save_selection(
         dropped: sel.dropped.len(),
         dropped_nar_bytes: sel.dropped_nar_bytes,
         derivations_left_out: sel.derivations_left_out,
+        spliced: 0,
         seconds: 0.0,
     };
     if backend.read_only() {
         report.seconds = started.elapsed().as_secs_f64();
         return Ok(report);
     }
+    let mut spliced = 0;
     let mut produce = |w: &mut dyn Write| -> Result<()> {
-        write_archive(store, &sel.paths, key, w, opts).map(|_| ())
+        spliced = write_archive(store, &sel.paths, key, w, opts)?.spliced;
+        Ok(())
     };
     report.outcome = backend.save(key, &mut produce)?;
+    report.spliced = spliced;
     if let SaveOutcome::Saved { bytes } = report.outcome {
         report.archive_bytes = bytes;
     }
@@ -508,6 +430,7 @@ pub fn check_key(key: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nix::Sha256Hash;
 
     fn info(n: &str, size: u64, refs: &[&str]) -> PathInfo {
         let sp = |n: &str| {

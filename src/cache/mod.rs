@@ -3,6 +3,7 @@
 
 mod background;
 mod file;
+pub mod frames;
 pub mod http;
 pub mod s3;
 pub mod spool;

@@ -189,6 +189,8 @@ pub fn start(store: &StoreSpec, args: &StartArgs) -> Result<i32> {
     if let Some(ask) = keep {
         keep_failed::mark(&mut started.state, ask);
     }
+    // Frames a killed job kept in a reused state dir take disk for nothing.
+    job::save::drop_frames(&dir);
     started.state.save(&dir)?;
     ci::frontend().save_state(ci::github::STATE_DIR, &dir.to_string_lossy());
     if args.watch {
@@ -383,6 +385,11 @@ pub fn run(
     if code != 0 {
         eprintln!("nixdelta: command exited with {code}; pushing what it realised anyway");
     }
+    // The run's temp dir holds what the push keeps for the archive save.
+    let cfg = JobConfig {
+        state_dir: Some(conf_dir.path().to_path_buf()),
+        ..cfg
+    };
     match finish_with(&cfg, &st, args.json, &mut std::io::stderr()) {
         Ok(_) => Ok(code),
         Err(e) if code == 0 => Err(e),

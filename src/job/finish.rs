@@ -100,7 +100,7 @@ impl Prepared {
 
 /// The facts of the archive to save: `start`'s, or (when `start` had no
 /// archive and `finish` has one) a miss. `None`: no archive.
-fn archive_facts(cfg: &JobConfig, st: &State) -> Option<ArchiveFacts> {
+pub(super) fn archive_facts(cfg: &JobConfig, st: &State) -> Option<ArchiveFacts> {
     let mut facts = match ArchiveFacts::of(st) {
         Some(f) => f,
         None => ArchiveFacts {
@@ -160,7 +160,20 @@ fn push_candidates<'a>(cfg: &JobConfig, p: &'a Prepared) -> Result<(Candidates<'
 
 /// Push, warm manifest, archive save, then the Actions cache's housekeeping.
 pub fn finish(cfg: &JobConfig, st: &State, obs: &dyn Observer) -> Result<Finished> {
-    let mut done = finish_steps(cfg, st, obs)?;
+    let kept;
+    let cfg = match cfg.state_dir.as_deref() {
+        Some(dir) => {
+            kept = super::save::keeping_frames(cfg, dir, archive_facts(cfg, st).as_ref());
+            &kept
+        }
+        None => cfg,
+    };
+    let done = finish_steps(cfg, st, obs);
+    // The uploader's frames too: it has stopped.
+    if let Some(dir) = cfg.state_dir.as_deref() {
+        super::save::drop_frames(dir);
+    }
+    let mut done = done?;
     let saves: Vec<_> = done.saved.iter().chain(&done.eval_saved).collect();
     done.purge = super::purge::after_saves(cfg, &saves, obs);
     Ok(done)

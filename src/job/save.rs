@@ -3,9 +3,11 @@
 //! exact hit that grew by more than the resave threshold is saved as
 //! `<key>-g<time>`, which the next restore of the key prefers.
 
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::archive::{self, SaveOptions, SaveOutcome, SaveReport};
+use crate::cache::frames::Frames;
 use crate::error::Result;
 use crate::nix::StorePath;
 use crate::pipeline::filter::Filters;
@@ -15,6 +17,38 @@ use crate::store::{PathInfo, Store};
 use super::config::JobConfig;
 use super::observer::Observer;
 use super::state::{ArchiveFacts, Restored};
+
+/// Where a job's push keeps its compressed NARs for the job's archive
+/// save, under the state dir `dir`.
+pub fn frames_dir(dir: &Path) -> PathBuf {
+    dir.join("frames")
+}
+
+/// Deletes the frames kept under the state dir `dir`, if any.
+pub fn drop_frames(dir: &Path) {
+    match std::fs::remove_dir_all(frames_dir(dir)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            tracing::warn!("could not remove {}: {e}", frames_dir(dir).display())
+        }
+        _ => {}
+    }
+}
+
+/// `cfg` with its push keeping compressed NARs for the archive save, when
+/// the job will write an archive (one is configured, writable, not a dry
+/// run) and pushes; else `cfg` as it is. Saves compressing twice.
+pub fn keeping_frames(cfg: &JobConfig, dir: &Path, facts: Option<&ArchiveFacts>) -> JobConfig {
+    let mut cfg = cfg.clone();
+    let saves = facts.is_some_and(|f| !f.read_only) && !cfg.push.dry_run;
+    let pushes = cfg.push.to.is_some() && !cfg.push.skip;
+    if saves && pushes {
+        match Frames::open(&frames_dir(dir)) {
+            Ok(f) => cfg.push.upload.frames = Some(f),
+            Err(e) => tracing::debug!("no kept frames: {e}"),
+        }
+    }
+    cfg
+}
 
 /// Keys of the archives saved when an exact hit grew.
 pub fn grown_prefix(key: &str) -> String {
@@ -58,6 +92,7 @@ pub fn save(
         dropped: 0,
         dropped_nar_bytes: 0,
         derivations_left_out: 0,
+        spliced: 0,
         seconds: 0.0,
     };
     let mut save_key = key.clone();
@@ -103,6 +138,7 @@ pub fn save(
     let opts = SaveOptions {
         max_nar_size: cfg.archive.max_size.map(|s| s.0),
         include_drv: filters.include_drv,
+        frames: cfg.push.upload.frames.clone(),
         ..SaveOptions::default()
     };
     let sel = archive::select(store, &roots, &opts)?;
@@ -112,8 +148,12 @@ pub fn save(
         SaveOutcome::Exists => "exists already (not saved again)",
         SaveOutcome::ReadOnly => "read-only (not saved)",
     };
+    let reused = match r.spliced {
+        0 => String::new(),
+        n => format!(" ({n} NARs as the push compressed them)"),
+    };
     obs.note(&format!(
-        "archive {save_key}: {what}: {} paths, {} of NAR, {} of archive in {:.2} s",
+        "archive {save_key}: {what}: {} paths, {} of NAR, {} of archive{reused} in {:.2} s",
         r.paths,
         mb(r.nar_bytes),
         mb(r.archive_bytes),

@@ -201,6 +201,8 @@ pub fn run(cfg: &JobConfig, dir: &Path, st: &State, opts: WatchOptions) -> Resul
     let _ = std::fs::write(pid_file(dir), std::process::id().to_string());
     lower_priority();
     let t = Instant::now();
+    let facts = super::finish::archive_facts(cfg, st);
+    let cfg = &super::save::keeping_frames(cfg, dir, facts.as_ref());
     let mut up = Uploader::open(cfg, dir, st)?;
     let mut report = WatchReport {
         ended: Ended::Drained,
@@ -323,6 +325,7 @@ impl Uploader {
                     level: cfg.push.upload.pack.level,
                     threads: 1,
                 },
+                frames: cfg.push.upload.frames.clone(),
             }
         };
         let plan_opts = PlanOptions {

@@ -1,5 +1,7 @@
-//! The store archive format, version 1: one zstd stream (with its content
-//! checksum) holding
+//! The store archive format, version 1: zstd frames one after the other
+//! (which a zstd decoder reads as one stream; frames compressed by the
+//! archive writer carry a content checksum, NARs copied in as the push
+//! compressed them may not) holding
 //!
 //! ```text
 //! "nixdelta-archive"          16 bytes

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
+use crate::cache::frames::{FrameWriter, Frames};
 use crate::cache::{BinaryCache, NarUpload};
 use crate::error::{Error, Result};
 use crate::nix::{nar, Sha256Hash};
@@ -104,12 +105,15 @@ impl<W: Write> Write for HashWriter<W> {
 
 /// Packs `info` (whose files are at `real_path`) into `cache`. The NAR's
 /// hash and size must equal the store DB's, else nothing is committed.
+/// With `frames`, the compressed bytes are also kept there once checked,
+/// for the job's archive save.
 pub fn pack(
     info: &PathInfo,
     real_path: &Path,
     cache: &dyn BinaryCache,
     store_dir: &str,
     opts: PackOptions,
+    frames: Option<&Frames>,
 ) -> Result<Packed> {
     let name = info.path.to_absolute(store_dir);
     let io_err = |e: io::Error| Error::Other(anyhow::anyhow!("{name}: {e}"));
@@ -117,6 +121,7 @@ pub fn pack(
     let upload = Tracked {
         inner: cache.begin_nar()?,
         failed: cache_failed.clone(),
+        frame: frames.and_then(|f| f.writer(&info.nar_hash, info.nar_size)),
     };
     let file_hasher = HashWriter::new(upload);
     let mut zstd = zstd::stream::write::Encoder::new(file_hasher, opts.level).map_err(io_err)?;
@@ -143,6 +148,9 @@ pub fn pack(
     }
     let url = format!("nar/{}.nar.zst", file_hash.to_nix32());
     upload.inner.commit(&url)?;
+    if let Some(frame) = upload.frame {
+        frame.keep();
+    }
     Ok(Packed {
         url,
         file_hash,
@@ -151,15 +159,24 @@ pub fn pack(
 }
 
 /// Remembers whether an error came from the cache side of the stream, so it
-/// is reported as a cache fault rather than as a store read error.
+/// is reported as a cache fault rather than as a store read error; copies
+/// what the cache took into the kept frame, if any.
 struct Tracked {
     inner: Box<dyn NarUpload>,
     failed: std::rc::Rc<std::cell::Cell<bool>>,
+    frame: Option<FrameWriter>,
 }
 
 impl Write for Tracked {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.inner.write(buf).inspect_err(|_| self.failed.set(true))
+        let n = self
+            .inner
+            .write(buf)
+            .inspect_err(|_| self.failed.set(true))?;
+        if let Some(frame) = self.frame.as_mut() {
+            frame.write_all(&buf[..n])?;
+        }
+        Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush().inspect_err(|_| self.failed.set(true))

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
+use crate::cache::frames::Frames;
 use crate::cache::{narinfo_name, BinaryCache};
 use crate::error::{Error, Result};
 use crate::nix::{NarInfo, SecretKey, Signature, StorePath};
@@ -24,6 +25,8 @@ const PARALLEL_NARINFOS: usize = 16;
 pub struct UploadOptions {
     pub jobs: usize,
     pub pack: PackOptions,
+    /// Where the compressed NARs are also kept for the job's archive save.
+    pub frames: Option<Frames>,
 }
 
 impl UploadOptions {
@@ -37,6 +40,7 @@ impl UploadOptions {
                 level,
                 threads: cores as u32,
             },
+            frames: None,
         }
     }
 }
@@ -105,7 +109,15 @@ pub fn upload(
                     let size = item.info.nar_size;
                     let left = queued.fetch_sub(size, Ordering::Relaxed) - size;
                     let pack_opts = opts.pack.for_path(size, left, opts.jobs.max(1));
-                    let r = pack(&item.info, &item.real_path, cache, store_dir, pack_opts);
+                    let frames = opts.frames.as_ref();
+                    let r = pack(
+                        &item.info,
+                        &item.real_path,
+                        cache,
+                        store_dir,
+                        pack_opts,
+                        frames,
+                    );
                     if done_tx.send((i, r)).is_err() {
                         break;
                     }

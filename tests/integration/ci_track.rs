@@ -75,6 +75,15 @@ fn text(out: &std::process::Output) -> String {
     )
 }
 
+/// How many NARs finish's archive save took as the push compressed them.
+fn reused_nars(finish: &str) -> usize {
+    let Some(end) = finish.find(" NARs as the push compressed them)") else {
+        return 0;
+    };
+    let start = finish[..end].rfind('(').unwrap() + 1;
+    finish[start..end].parse().unwrap()
+}
+
 fn cache_store_paths(dir: &Path) -> Vec<String> {
     narinfos(dir)
         .iter()
@@ -113,6 +122,12 @@ fn restored_paths_are_never_pushed_and_partial_hits_save_a_new_archive() {
     let f = one.finish(&archive, &cache1, &sec);
     assert!(f.status.success(), "{}", text(&f));
     assert!(text(&f).contains(": saved: 8 paths"), "{}", text(&f));
+    // The archive took the push's compressed NARs instead of compressing
+    // them again, and the frames kept for it are gone.
+    let pushed = narinfos(&env.path("cache1")).len();
+    assert!(pushed > 0);
+    assert_eq!(reused_nars(&text(&f)), pushed, "{}", text(&f));
+    assert!(!one.state.join("frames").exists());
 
     // Job 2, a fresh store: exact hit; fib(6) needs no build; a salted
     // fib(4) is new. Only the 5 new outputs go to an empty cache: the 8
@@ -149,8 +164,15 @@ fn restored_paths_are_never_pushed_and_partial_hits_save_a_new_archive() {
     let s = three.start(&archive, &[]);
     assert!(text(&s).contains("restore: partial"), "{}", text(&s));
     assert!(three.build("fib4", "three", false).status.success());
+    let before = narinfos(&env.path("cache2")).len();
     let f = three.finish(&archive, &cache2, &sec);
     assert!(text(&f).contains(": saved: 13 paths"), "{}", text(&f));
+    // The 5 new paths as the push compressed them (and restored paths
+    // whose NARs are byte for byte the same), the other restored ones
+    // compressed by the save: job 4 reads both kinds of frames.
+    assert_eq!(narinfos(&env.path("cache2")).len() - before, 5);
+    let spliced = reused_nars(&text(&f));
+    assert!((5..13).contains(&spliced), "{spliced}: {}", text(&f));
     let saved = std::fs::read_dir(env.path("archives")).unwrap().count();
     assert_eq!(saved, 2);
 
@@ -166,6 +188,83 @@ fn restored_paths_are_never_pushed_and_partial_hits_save_a_new_archive() {
         let b = four.build(attr, salt, true);
         assert!(b.status.success(), "{attr} {salt}: {}", text(&b));
     }
+}
+
+/// The archive save copies in the NARs the uploader compressed during the
+/// build. A kept frame that changed on disk before the save (a bad disk,
+/// another process) cannot slip into a store: restore checks every NAR
+/// against the manifest, the push's cache is unaffected.
+#[test]
+fn a_changed_kept_frame_is_refused_at_restore() {
+    let env = Env::new();
+    setup(&env);
+    let (sec, public) = env.keygen("t-1");
+    let archive = format!("dir:{}", env.path("archives").display());
+    let cache = env.cache_url();
+    let one = Job::new(&env, "one");
+    let mut start = one.nixdelta(&["start", "--watch", "--archive", &archive, "--to", &cache]);
+    start.arg("--secret-key-file").arg(&sec);
+    let s = start.output().unwrap();
+    assert!(s.status.success(), "{}", text(&s));
+    let b = one.build("chain6", "", false);
+    assert!(b.status.success(), "{}", text(&b));
+    let top = stdout_lines(&b).pop().unwrap();
+    let frames = one.state.join("frames");
+    let t = std::time::Instant::now();
+    let narinfo = env.path(&format!("cache/{}.narinfo", &top[11..43]));
+    while !narinfo.exists() {
+        assert!(
+            t.elapsed().as_secs() < 60,
+            "the uploader did not push {top}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // chain(6)'s kept frame now decompresses to a NAR of the right size
+    // with one byte of a file changed (in the store path it names).
+    let q = |flag: &str| {
+        let out = ok(env.nix_on(&one.store, "nix-store").args(["-q", flag, &top]));
+        stdout_lines(&out).pop().unwrap()
+    };
+    let (hash, size) = (q("--hash"), q("--size"));
+    let frame = frames.join(format!(
+        "{}-{size}.zst",
+        hash.strip_prefix("sha256:").unwrap()
+    ));
+    let mut nar = zstd::decode_all(std::fs::File::open(&frame).unwrap()).unwrap();
+    let needle = b"/nix/store/";
+    let at = nar
+        .windows(needle.len())
+        .rposition(|w| w == needle)
+        .unwrap();
+    nar[at + needle.len() + 3] ^= 0x01;
+    std::fs::write(&frame, zstd::encode_all(&nar[..], 3).unwrap()).unwrap();
+    let f = one.finish(&archive, &cache, &sec);
+    assert!(f.status.success(), "{}", text(&f));
+    assert!(
+        text(&f).contains("NARs as the push compressed them"),
+        "{}",
+        text(&f)
+    );
+    assert!(!frames.exists());
+
+    let saved: Vec<_> = std::fs::read_dir(env.path("archives")).unwrap().collect();
+    assert_eq!(saved.len(), 1);
+    let name = saved[0].as_ref().unwrap().file_name();
+    let key = name.to_str().unwrap().strip_suffix(".nda").unwrap();
+    let fresh = env.path("fresh");
+    let r = crate::helpers::store::restore_into(&env, &fresh, &archive, key, &[]);
+    assert_eq!(r.status.code(), Some(7), "{}", text(&r));
+    assert!(
+        stderr(&r).contains("does not match the manifest"),
+        "{}",
+        text(&r)
+    );
+    let valid = crate::helpers::store::valid_paths(&env, &fresh);
+    assert!(!valid.contains(&top), "{valid:?}");
+    crate::helpers::store::verify_store(&env, &fresh);
+    // The binary cache got the NARs as the store has them.
+    let got = env.realise_fresh("fresh-cache", &cache, &public, &[&top]);
+    assert!(got.status.success(), "{}", show(&got));
 }
 
 #[test]
